@@ -1,0 +1,232 @@
+"""The Z-Image HTTP client: one request per call, every failure mapped to an ApiError.
+
+Retries, pacing and bookkeeping live in the runner; this layer only speaks HTTP.
+The API key is attached per request to API calls and never to image downloads,
+which may live on another host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiofiles
+import aiohttp
+from yarl import URL
+
+from batch_runner.errors import (
+    ApiError,
+    PermanentApiError,
+    TransientApiError,
+)
+from batch_runner.images import extension_for, sniff_extension
+from batch_runner.models import JobSpec
+from batch_runner.protocol import (
+    POLL_PATH,
+    SUBMIT_PATH,
+    PollResult,
+    SubmitResult,
+    classify_http,
+    parse_poll,
+    parse_retry_after,
+    parse_submit,
+    submit_fields,
+)
+
+T = TypeVar("T")
+
+#: API envelopes are tiny; anything bigger is not an envelope
+MAX_ENVELOPE_BYTES = 1 << 20
+DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+MAX_REDIRECTS = 5
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadedFile:
+    """An image that is complete and renamed into place."""
+
+    path: Path
+    size: int
+
+
+class ZImageClient:
+    """Submit, poll and download against one base URL, over a caller-owned session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: str,
+        *,
+        request_timeout: float = 60.0,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    ) -> None:
+        self._session = session
+        self._base = URL(base_url.rstrip("/"))
+        self._auth = {"Authorization": f"Bearer {api_key}"}
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._max_image_bytes = max_image_bytes
+
+    async def submit(self, job: JobSpec) -> SubmitResult:
+        """POST the job as multipart; returns the taskid (and URLs if synchronous)."""
+        # Always multipart, as documented, even though every field is text:
+        # FormData would fall back to urlencoded for text-only fields.
+        form = aiohttp.MultipartWriter("form-data")
+        for name, value in submit_fields(job):
+            part = form.append(value, {"Content-Type": "text/plain; charset=utf-8"})
+            part.set_content_disposition("form-data", name=name)
+        envelope = await self._api_call(
+            lambda: self._session.post(
+                self._base.with_path(SUBMIT_PATH),
+                data=form,
+                headers=self._auth,
+                timeout=self._timeout,
+            ),
+            polling=False,
+        )
+        return parse_submit(envelope)
+
+    async def poll(self, taskid: str) -> PollResult:
+        """Ask for the task's status and, when done, its image URLs."""
+        envelope = await self._api_call(
+            lambda: self._session.post(
+                self._base.with_path(POLL_PATH),
+                json={"taskid": taskid},
+                headers=self._auth,
+                timeout=self._timeout,
+            ),
+            polling=True,
+        )
+        return parse_poll(envelope)
+
+    async def _api_call(
+        self,
+        send: Callable[[], Any],
+        *,
+        polling: bool,
+    ) -> dict[str, Any]:
+        async def exchange() -> tuple[int, bytes, str | None]:
+            async with send() as resp:
+                body = await _read_capped(resp, MAX_ENVELOPE_BYTES)
+                return resp.status, body, resp.headers.get("Retry-After")
+
+        status, body, retry_after = await _map_transport_errors(exchange)
+        return classify_http(status, body, retry_after, polling=polling)
+
+    async def download(self, url: str, images_dir: Path, stem: str) -> DownloadedFile:
+        """Stream one image to a temp file, check it is an image, rename into place.
+
+        A partial file never carries the final name, so a crash mid-download
+        leaves only a `.part` file that the next run ignores and replaces.
+        """
+        target = URL(url)
+        if target.scheme not in ("http", "https") or not target.host:
+            raise PermanentApiError(f"refusing to download non-http(s) URL: {url!r}")
+        tmp = images_dir / f".{stem}.{secrets.token_hex(4)}.part"
+
+        async def fetch() -> DownloadedFile:
+            try:
+                async with self._session.get(
+                    target,
+                    timeout=self._timeout,
+                    max_redirects=MAX_REDIRECTS,
+                ) as resp:
+                    if resp.status != 200:
+                        _raise_for_download_status(
+                            resp.status, resp.headers.get("Retry-After")
+                        )
+                    declared = resp.content_length
+                    if declared is not None and declared > self._max_image_bytes:
+                        raise PermanentApiError(
+                            f"image is {declared} bytes, over --max-image-bytes"
+                        )
+                    size, head = await self._stream_to(resp, tmp)
+                    ext = sniff_extension(head)
+                    if ext is None:
+                        raise PermanentApiError(
+                            f"downloaded file is not an image ({size} bytes, "
+                            f"Content-Type {resp.content_type!r})"
+                        )
+                    final = images_dir / (
+                        stem + extension_for(resp.headers.get("Content-Type"), head)
+                    )
+                    os.replace(tmp, final)
+                    return DownloadedFile(path=final, size=size)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+        return await _map_transport_errors(fetch)
+
+    async def _stream_to(
+        self, resp: aiohttp.ClientResponse, tmp: Path
+    ) -> tuple[int, bytes]:
+        size = 0
+        head = b""
+        async with aiofiles.open(tmp, "wb") as out:
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                size += len(chunk)
+                if size > self._max_image_bytes:
+                    raise PermanentApiError(
+                        f"image exceeds --max-image-bytes ({self._max_image_bytes})"
+                    )
+                if len(head) < 16:
+                    head = (head + chunk)[:16]
+                await out.write(chunk)
+        return size, head
+
+
+def _raise_for_download_status(status: int, retry_after: str | None) -> None:
+    # 404 may be a CDN that has not caught up yet; it is retried a bounded number
+    # of times like 5xx, then the job is recorded failed at the download stage.
+    if status in (404, 408, 429) or status >= 500:
+        raise TransientApiError(
+            f"image download HTTP {status}",
+            http_status=status,
+            retry_after=parse_retry_after(retry_after),
+        )
+    raise PermanentApiError(f"image download HTTP {status}", http_status=status)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise TransientApiError(
+                f"response body over {limit} bytes", http_status=resp.status
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _map_transport_errors(call: Callable[[], Awaitable[T]]) -> T:
+    """Run one exchange; network-level failures become TransientApiError."""
+    try:
+        return await call()
+    except ApiError:
+        raise
+    except aiohttp.ClientConnectorError as exc:
+        # the connection was never made, so the request cannot have been billed
+        raise TransientApiError(
+            f"cannot connect: {exc.os_error or exc}", maybe_sent=False
+        ) from exc
+    except aiohttp.TooManyRedirects as exc:
+        raise PermanentApiError(f"too many redirects (> {MAX_REDIRECTS})") from exc
+    except aiohttp.InvalidURL as exc:
+        raise PermanentApiError(f"invalid URL: {exc}") from exc
+    except TimeoutError as exc:
+        raise TransientApiError("request timed out") from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise TransientApiError("server closed the connection") from exc
+    except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
+        raise TransientApiError(f"bad response: {type(exc).__name__}") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise TransientApiError(f"network error: {type(exc).__name__}") from exc

@@ -1,0 +1,272 @@
+"""The append-only JSONL ledger: building records, replaying them, and the one writer.
+
+A job's state is its last record. Replay is pure and forgiving: a line that is
+not a JSON object (a torn write left by a crash) is skipped with a warning
+naming its byte offset, and never hides the lines around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from batch_runner.errors import LedgerError
+from batch_runner.models import JobSpec, JobStatus
+
+_KNOWN_STATUSES = frozenset(s.value for s in JobStatus)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def utc_now_iso() -> str:
+    """ISO-8601 with an explicit UTC offset, millisecond precision."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def make_record(
+    job: JobSpec,
+    status: JobStatus,
+    *,
+    taskid: str | None = None,
+    urls: Sequence[str] | None = None,
+    code: int | None = None,
+    msg: str = "",
+    files: Sequence[str] | None = None,
+    stage: str | None = None,
+    attempts: int | None = None,
+    ts: str | None = None,
+) -> dict[str, Any]:
+    """One ledger line: the outcome plus the whole job, so the ledger can rebuild it."""
+    record: dict[str, Any] = {
+        "job_id": job.job_id,
+        "status": status.value,
+        "taskid": taskid,
+        "url": list(urls) if urls else None,
+        "code": code,
+        "msg": msg,
+        "ts": ts or utc_now_iso(),
+        "prompt": job.prompt,
+        "resolution": job.resolution,
+        "seed": job.seed,
+        "prompt_extend": bool(job.prompt_extend),
+        "meta": dict(job.meta),
+    }
+    if files is not None:
+        record["files"] = list(files)
+    if stage is not None:
+        record["stage"] = stage
+    if attempts is not None:
+        record["attempts"] = attempts
+    return record
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    return (_ENCODER.encode(record) + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class FailedJob:
+    """What the last "failed" record said; `stage` tells if a resubmit is needed."""
+
+    taskid: str | None
+    stage: str | None
+    msg: str
+
+
+@dataclass(slots=True)
+class ResumeState:
+    """Each job's last known state, folded from the ledger in order."""
+
+    succeeded: set[str] = field(default_factory=set)
+    submitted: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, FailedJob] = field(default_factory=dict)
+    records: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def apply(self, record: Mapping[str, Any]) -> None:
+        """Fold one record in; later records override earlier ones."""
+        job_id = record.get("job_id")
+        status = record.get("status")
+        if not isinstance(job_id, str) or not job_id:
+            raise ValueError("record has no job_id")
+        taskid = record.get("taskid")
+        taskid = taskid if isinstance(taskid, str) and taskid else None
+        if status not in _KNOWN_STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        if status == JobStatus.SUBMITTED and taskid is None:
+            raise ValueError("submitted record without a taskid")
+        self.records += 1
+        self.succeeded.discard(job_id)
+        self.submitted.pop(job_id, None)
+        self.failed.pop(job_id, None)
+        if status == JobStatus.SUCCEEDED:
+            self.succeeded.add(job_id)
+        elif status == JobStatus.SUBMITTED:
+            assert taskid is not None
+            self.submitted[job_id] = taskid
+        else:
+            stage = record.get("stage")
+            self.failed[job_id] = FailedJob(
+                taskid=taskid,
+                stage=stage if isinstance(stage, str) else None,
+                msg=str(record.get("msg") or ""),
+            )
+
+    def status_of(self, job_id: str) -> JobStatus | None:
+        if job_id in self.succeeded:
+            return JobStatus.SUCCEEDED
+        if job_id in self.submitted:
+            return JobStatus.SUBMITTED
+        if job_id in self.failed:
+            return JobStatus.FAILED
+        return None
+
+
+def replay(lines: Iterable[bytes], *, name: str = "ledger") -> ResumeState:
+    """Fold raw ledger lines (with their newlines) into a ResumeState. Pure.
+
+    Bad lines are skipped with a warning giving their byte offset; the only
+    way to lose a record is for it never to have been written whole.
+    """
+    state = ResumeState()
+    offset = 0
+    for raw in lines:
+        start = offset
+        offset += len(raw)
+        stripped = raw.strip()
+        if not stripped:
+            continue
+        try:
+            record = json.loads(stripped)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            state.apply(record)
+        except (ValueError, UnicodeDecodeError) as exc:
+            torn = "" if raw.endswith(b"\n") else " (torn last line)"
+            state.warnings.append(
+                f"{name}: skipped unreadable line at byte {start}{torn}: {exc}"
+            )
+    return state
+
+
+def read_ledger(path: Path) -> ResumeState:
+    """Replay the ledger file; a missing file is an empty ledger."""
+    try:
+        with path.open("rb") as fh:
+            return replay(fh, name=str(path))
+    except FileNotFoundError:
+        return ResumeState()
+    except OSError as exc:
+        raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
+
+
+class LedgerWriter:
+    """The single writer: callers enqueue records, one task appends them in order.
+
+    Each `append` returns once its line is written and flushed to the OS (and
+    fsynced with `fsync=True`), so a SIGKILL right after cannot lose it. Lines
+    that arrive together are written together: one flush (one fsync) covers a
+    group. The file write itself is synchronous: a flush of a few hundred bytes
+    to the page cache costs less than handing it to a thread.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: bool = False,
+        secrets: Sequence[str] = (),
+    ) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._secrets = [s.encode() for s in secrets if s]
+        self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[None]] | None] = (
+            asyncio.Queue()
+        )
+        self._fh: BinaryIO | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.records_written = 0
+
+    async def __aenter__(self) -> LedgerWriter:
+        self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = self.path.open("ab")
+            # a crash can leave a line without its newline; start on a fresh one
+            if fh.tell() > 0:
+                with self.path.open("rb") as check:
+                    check.seek(-1, os.SEEK_END)
+                    if check.read(1) != b"\n":
+                        fh.write(b"\n")
+                        fh.flush()
+        except OSError as exc:
+            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
+        self._fh = fh
+        self._task = asyncio.get_running_loop().create_task(
+            self._drain(), name="ledger-writer"
+        )
+
+    async def append(self, record: Mapping[str, Any]) -> None:
+        """Write one record; returns when it is flushed. Safe to cancel the caller:
+        a record handed over is written even if the caller stops waiting."""
+        if self._task is None or self._task.done():
+            raise LedgerError("ledger writer is not running")
+        line = encode_record(record)
+        for secret in self._secrets:
+            if secret in line:
+                line = line.replace(secret, b"***")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((line, fut))
+        await asyncio.shield(fut)
+
+    async def _drain(self) -> None:
+        assert self._fh is not None
+        fh = self._fh
+        while True:
+            item = await self._queue.get()
+            batch = [item]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            entries = [b for b in batch if b is not None]
+            if entries:
+                try:
+                    fh.write(b"".join(line for line, _ in entries))
+                    fh.flush()
+                    if self._fsync:
+                        await asyncio.to_thread(os.fsync, fh.fileno())
+                except OSError as exc:
+                    err = LedgerError(f"cannot append to ledger {self.path}: {exc}")
+                    for _, fut in entries:
+                        if not fut.done():
+                            fut.set_exception(err)
+                    raise err from exc
+                self.records_written += len(entries)
+                for _, fut in entries:
+                    if not fut.done():
+                        fut.set_result(None)
+            if len(entries) != len(batch):
+                return
+
+    async def close(self) -> None:
+        """Write everything queued, then close the file."""
+        if self._task is not None:
+            if not self._task.done():
+                self._queue.put_nowait(None)
+            with contextlib.suppress(LedgerError):
+                await asyncio.shield(self._task)
+            self._task = None
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

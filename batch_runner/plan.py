@@ -1,0 +1,87 @@
+"""What to do with each manifest job given the ledger. Pure."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from batch_runner.ledger import ResumeState
+from batch_runner.models import JobSpec
+
+
+class Action(enum.StrEnum):
+    SUBMIT = "submit"
+    #: a taskid is on record: ask for it instead of paying for a new task
+    POLL = "poll"
+    DONE = "done"
+    SKIP_FAILED = "skip-failed"
+
+
+#: failures after which the server-side task is known to have succeeded, so
+#: --retry-failed fetches it again instead of paying for a new one
+_REFETCH_STAGES = frozenset({"download"})
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """A job to run now; `taskid` set means poll it rather than submit."""
+
+    job: JobSpec
+    taskid: str | None = None
+
+
+def decide(
+    job: JobSpec, state: ResumeState, *, retry_failed: bool
+) -> tuple[Action, str | None]:
+    """The action for one job and the taskid to poll, if any."""
+    job_id = job.job_id
+    if job_id in state.succeeded:
+        return Action.DONE, None
+    taskid = state.submitted.get(job_id)
+    if taskid is not None:
+        return Action.POLL, taskid
+    failed = state.failed.get(job_id)
+    if failed is not None:
+        if not retry_failed:
+            return Action.SKIP_FAILED, None
+        if failed.taskid and failed.stage in _REFETCH_STAGES:
+            return Action.POLL, failed.taskid
+    return Action.SUBMIT, None
+
+
+@dataclass(slots=True)
+class PlanCounts:
+    """How many jobs fall under each action."""
+
+    counts: dict[Action, int] = field(default_factory=lambda: dict.fromkeys(Action, 0))
+
+    @property
+    def in_scope(self) -> int:
+        return self.counts[Action.SUBMIT] + self.counts[Action.POLL]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def count_plan(
+    jobs: Iterable[JobSpec], state: ResumeState, *, retry_failed: bool
+) -> PlanCounts:
+    counts = PlanCounts()
+    for job in jobs:
+        action, _ = decide(job, state, retry_failed=retry_failed)
+        counts.counts[action] += 1
+    return counts
+
+
+def work_items(
+    jobs: Iterable[JobSpec], state: ResumeState, *, retry_failed: bool
+) -> Iterator[WorkItem]:
+    """The jobs to run, in manifest order, streamed."""
+    for job in jobs:
+        action, taskid = decide(job, state, retry_failed=retry_failed)
+        if action is Action.SUBMIT:
+            yield WorkItem(job)
+        elif action is Action.POLL:
+            yield WorkItem(job, taskid)

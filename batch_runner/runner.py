@@ -1,0 +1,471 @@
+"""The run loop: feed jobs through a bounded queue into a limited pool of job tasks.
+
+Each job task submits (or resumes polling), polls until the image is ready,
+downloads it and records every step in the ledger. A job task never lets an
+exception escape except cancellation: failures become ledger records, and
+run-wide conditions (credits, a rejected key, a signal) become a stop reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from batch_runner.client import DownloadedFile
+from batch_runner.errors import (
+    ApiError,
+    AuthError,
+    InsufficientCreditsError,
+    LedgerError,
+    TaskNotFoundError,
+    TransientApiError,
+)
+from batch_runner.images import image_stem
+from batch_runner.ledger import LedgerWriter, make_record
+from batch_runner.limits import RateLimiter
+from batch_runner.models import JobSpec, JobStatus
+from batch_runner.plan import WorkItem
+from batch_runner.progress import NullProgress, Progress
+from batch_runner.protocol import PollResult, SubmitResult
+from batch_runner.retry import RetryPolicy, next_poll_interval
+
+log = logging.getLogger("batch_runner")
+T = TypeVar("T")
+
+
+class Api(Protocol):
+    """The seam between the runner and the wire (ZImageClient in production)."""
+
+    async def submit(self, job: JobSpec) -> SubmitResult: ...
+
+    async def poll(self, taskid: str) -> PollResult: ...
+
+    async def download(
+        self, url: str, images_dir: Path, stem: str
+    ) -> DownloadedFile: ...
+
+
+class StopReason(enum.StrEnum):
+    NONE = "none"
+    CREDITS = "credits"
+    AUTH = "auth"
+    SIGNAL = "signal"
+    LEDGER = "ledger"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    concurrency: int = 8
+    rate: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    poll_interval: float = 1.0
+    job_timeout: float = 900.0
+    download: bool = True
+    grace: float = 10.0
+
+
+@dataclass(slots=True)
+class RunResult:
+    succeeded: int = 0
+    failed: int = 0
+    #: jobs whose task is still known only as "submitted" (polls kept failing)
+    unfinished: int = 0
+    submits: int = 0
+    retries: int = 0
+    stop: StopReason = StopReason.NONE
+    stop_message: str = ""
+    signal: int | None = None
+
+
+class Runner:
+    """Runs work items against an Api, writing every outcome to the ledger."""
+
+    def __init__(
+        self,
+        api: Api,
+        ledger: LedgerWriter,
+        options: RunOptions,
+        *,
+        out_dir: Path,
+        images_dir: Path | None = None,
+        progress: Progress | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._api = api
+        self._ledger = ledger
+        self._opt = options
+        self._out_dir = out_dir
+        self._images_dir = images_dir or out_dir / "images"
+        self._progress = progress or NullProgress()
+        self._rng = rng or random.Random()
+        self._rate = RateLimiter(options.rate) if options.rate else None
+        self._slots = asyncio.Semaphore(options.concurrency)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._feeder: asyncio.Task[None] | None = None
+        self._no_new_submits = False
+        self._stopping = False
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self.result = RunResult()
+
+    # -- stopping --------------------------------------------------------
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """First call: stop starting work, let in-flight jobs finish for `grace`
+        seconds. A second call cancels them at once. Jobs that are cancelled keep
+        whatever the ledger already says (a recorded taskid stays "submitted")."""
+        if self._stopping:
+            log.warning("second stop request: cancelling in-flight jobs now")
+            self._cancel_inflight()
+            return
+        self._stopping = True
+        self._no_new_submits = True
+        if self.result.stop is StopReason.NONE:
+            self.result.stop = StopReason.SIGNAL
+            self.result.signal = signum
+        log.warning(
+            "stopping: no new jobs; waiting up to %.0fs for %d in-flight job(s)",
+            self._opt.grace,
+            len(self._inflight),
+        )
+        if self._feeder is not None:
+            self._feeder.cancel()
+        loop = asyncio.get_running_loop()
+        self._grace_timer = loop.call_later(self._opt.grace, self._cancel_inflight)
+
+    def _cancel_inflight(self) -> None:
+        if self._feeder is not None:
+            self._feeder.cancel()
+        for task in list(self._inflight):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    def _stop_now(self, reason: StopReason, message: str) -> None:
+        if self.result.stop in (StopReason.NONE, StopReason.CREDITS):
+            self.result.stop = reason
+            self.result.stop_message = message
+        self._stopping = True
+        self._no_new_submits = True
+        self._cancel_inflight()
+
+    # -- the loop ----------------------------------------------------------
+
+    async def run(self, items: Iterable[WorkItem]) -> RunResult:
+        """Run every item; returns when all are done or the run was stopped."""
+        self._images_dir.mkdir(parents=True, exist_ok=True)
+        queue: asyncio.Queue[WorkItem | None] = asyncio.Queue(
+            maxsize=max(16, 2 * self._opt.concurrency)
+        )
+        self._feeder = asyncio.create_task(self._feed(items, queue), name="feeder")
+        dispatcher = asyncio.create_task(self._dispatch(queue), name="dispatcher")
+        try:
+            await asyncio.wait({dispatcher})
+            if not self._feeder.cancelled() and self._feeder.done():
+                self._feeder.result()  # re-raise a manifest error, should one slip by
+            while self._inflight:
+                await asyncio.wait(set(self._inflight))
+        finally:
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+            pending = [dispatcher, self._feeder, *self._inflight]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        return self.result
+
+    async def _feed(
+        self, items: Iterable[WorkItem], queue: asyncio.Queue[WorkItem | None]
+    ) -> None:
+        try:
+            for item in items:
+                await queue.put(item)
+        finally:
+            # the dispatcher must always learn that the feed ended
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+            if queue.full():
+                # cancelled while the queue was full: make room for the sentinel
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                queue.put_nowait(None)
+
+    async def _dispatch(self, queue: asyncio.Queue[WorkItem | None]) -> None:
+        while True:
+            item = await queue.get()
+            if item is None or self._stopping:
+                return
+            if item.taskid is None and self._no_new_submits:
+                continue  # left pending for the next run (credits ran out)
+            await self._slots.acquire()
+            if self._stopping:
+                self._slots.release()
+                return
+            task = asyncio.create_task(self._run_item(item), name=item.job.job_id)
+            self._inflight.add(task)
+            task.add_done_callback(self._job_finished)
+
+    def _job_finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job task crashed", exc_info=task.exception())
+
+    # -- one job -------------------------------------------------------------
+
+    async def _run_item(self, item: WorkItem) -> None:
+        try:
+            await self._process(item)
+        except AuthError as exc:
+            self._stop_now(StopReason.AUTH, str(exc))
+        except LedgerError as exc:
+            self._stop_now(StopReason.LEDGER, str(exc))
+        except InsufficientCreditsError as exc:
+            self._credits_exhausted(exc)
+        except Exception as exc:
+            # a bug must not lose the job silently nor kill its siblings
+            log.exception("unexpected error in job %s", item.job.job_id)
+            await self._record_failed(
+                item.job, item.taskid, f"internal error: {exc!r}", stage="internal"
+            )
+
+    async def _process(self, item: WorkItem) -> None:
+        job, taskid = item.job, item.taskid
+        urls: Sequence[str] = ()
+        resumed = taskid is not None
+        if taskid is None:
+            submitted = await self._submit(job)
+            if submitted is None:
+                return
+            taskid, urls = submitted.taskid, submitted.urls
+        if not urls:
+            assert taskid is not None
+            poll = await self._wait_for_task(job, taskid, poll_first=resumed)
+            if poll is None:
+                return
+            urls = poll.urls
+            if not urls:
+                await self._record_failed(
+                    job, taskid, "task finished without image URLs", stage="generate"
+                )
+                return
+        files = await self._download_all(job, taskid, urls)
+        if files is None:
+            return
+        await self._ledger.append(
+            make_record(
+                job,
+                JobStatus.SUCCEEDED,
+                taskid=taskid,
+                urls=urls,
+                code=1000,
+                msg="ok",
+                files=files,
+            )
+        )
+        self.result.succeeded += 1
+        self._progress.advance(succeeded=1)
+
+    async def _submit(self, job: JobSpec) -> SubmitResult | None:
+        if self._rate is not None:
+            delay = self._rate.reserve(time.monotonic())
+            if delay > 0:
+                await asyncio.sleep(delay)
+        if self._no_new_submits:
+            return None
+        try:
+            result, attempts = await self._call(
+                lambda: self._api.submit(job), job, "submit"
+            )
+        except InsufficientCreditsError as exc:
+            self._credits_exhausted(exc)
+            return None
+        except (AuthError, LedgerError):
+            raise
+        except ApiError as exc:
+            await self._record_failed(job, None, exc.message, stage="submit", exc=exc)
+            return None
+        self.result.submits += 1
+        if result.taskid:
+            await self._ledger.append(
+                make_record(
+                    job,
+                    JobStatus.SUBMITTED,
+                    taskid=result.taskid,
+                    urls=result.urls,
+                    code=result.code,
+                    msg=result.msg,
+                    attempts=attempts,
+                )
+            )
+        return result
+
+    async def _wait_for_task(
+        self, job: JobSpec, taskid: str, *, poll_first: bool
+    ) -> PollResult | None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        interval = self._opt.poll_interval
+        try:
+            async with asyncio.timeout(self._opt.job_timeout):
+                if not poll_first:
+                    await asyncio.sleep(interval)
+                while True:
+                    result, _ = await self._call(
+                        lambda: self._api.poll(taskid), job, "poll"
+                    )
+                    if result.done:
+                        return result
+                    if result.failed:
+                        await self._record_failed(
+                            job,
+                            taskid,
+                            result.error_message or result.msg or "generation failed",
+                            stage="generate",
+                            code=result.code,
+                        )
+                        return None
+                    interval = next_poll_interval(
+                        loop.time() - started, interval, self._opt.poll_interval
+                    )
+                    await asyncio.sleep(interval)
+        except TimeoutError:
+            await self._record_failed(
+                job,
+                taskid,
+                f"task still queued or processing after {self._opt.job_timeout:g}s "
+                "(--job-timeout)",
+                stage="timeout",
+            )
+        except TaskNotFoundError as exc:
+            await self._record_failed(
+                job, taskid, exc.message, stage="not-found", exc=exc
+            )
+        except TransientApiError as exc:
+            # The task was paid for and may well finish: keep it "submitted" so
+            # the next run polls it again rather than paying for a new one.
+            log.warning(
+                "job %s: giving up polling for now (%s); rerun to resume",
+                job.job_id,
+                exc.message,
+            )
+            self.result.unfinished += 1
+        except InsufficientCreditsError as exc:
+            self._credits_exhausted(exc)
+            self.result.unfinished += 1
+        except (AuthError, LedgerError):
+            raise
+        except ApiError as exc:
+            await self._record_failed(job, taskid, exc.message, stage="poll", exc=exc)
+        return None
+
+    async def _download_all(
+        self, job: JobSpec, taskid: str | None, urls: Sequence[str]
+    ) -> list[str] | None:
+        if not self._opt.download:
+            return []
+        files: list[str] = []
+        for index, url in enumerate(urls):
+            stem = image_stem(job.job_id, index, len(urls))
+            try:
+                downloaded, _ = await self._call(
+                    lambda u=url, s=stem: self._api.download(u, self._images_dir, s),  # type: ignore[misc]
+                    job,
+                    "download",
+                )
+            except (AuthError, LedgerError):
+                raise
+            except ApiError as exc:
+                await self._record_failed(
+                    job,
+                    taskid,
+                    f"download failed: {exc.message}",
+                    stage="download",
+                    urls=urls,
+                    exc=exc,
+                )
+                return None
+            files.append(_relative(downloaded.path, self._out_dir))
+        return files
+
+    # -- helpers -------------------------------------------------------------
+
+    async def _call(
+        self, op: Callable[[], Awaitable[T]], job: JobSpec, what: str
+    ) -> tuple[T, int]:
+        """Run `op`, retrying transient failures; returns (result, attempts)."""
+        policy = self._opt.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await op(), attempt
+            except TransientApiError as exc:
+                if attempt > policy.attempts - 1:
+                    raise
+                delay = policy.delay_for(exc, attempt, self._rng)
+                self.result.retries += 1
+                log.debug(
+                    "%s %s: %s; retry %d/%d in %.2fs",
+                    what,
+                    job.job_id,
+                    exc.message,
+                    attempt,
+                    policy.attempts - 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    def _credits_exhausted(self, exc: InsufficientCreditsError) -> None:
+        if not self._no_new_submits:
+            log.warning(
+                "insufficient credits (code 9000: %s): no new submits; "
+                "in-flight tasks will still be collected",
+                exc.message,
+            )
+        self._no_new_submits = True
+        if self.result.stop is StopReason.NONE:
+            self.result.stop = StopReason.CREDITS
+            self.result.stop_message = exc.message
+
+    async def _record_failed(
+        self,
+        job: JobSpec,
+        taskid: str | None,
+        msg: str,
+        *,
+        stage: str,
+        code: int | None = None,
+        urls: Sequence[str] | None = None,
+        exc: ApiError | None = None,
+    ) -> None:
+        if code is None and exc is not None:
+            code = exc.code if exc.code is not None else exc.http_status
+        await self._ledger.append(
+            make_record(
+                job,
+                JobStatus.FAILED,
+                taskid=taskid,
+                urls=urls,
+                code=code,
+                msg=msg,
+                stage=stage,
+            )
+        )
+        log.warning("job %s failed at %s: %s", job.job_id, stage, msg)
+        self.result.failed += 1
+        self._progress.advance(failed=1)
+
+
+def _relative(path: Path, base: Path) -> str:
+    """`files` entries are relative to the run directory, with forward slashes."""
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return path.as_posix()
