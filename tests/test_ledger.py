@@ -1,0 +1,166 @@
+"""Ledger records, replay (incl. torn lines, fuzzed) and the single writer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batch_runner.ledger import (
+    LedgerWriter,
+    ResumeState,
+    encode_record,
+    make_record,
+    read_ledger,
+    replay,
+)
+from batch_runner.models import JobSpec, JobStatus
+
+JOB = JobSpec(job_id="j1", prompt="a cat", resolution="16:9", seed=3,
+              meta={"k": "v"})
+
+
+def rec(job_id: str, status: JobStatus, taskid: str | None = "t") -> bytes:
+    job = JobSpec(job_id=job_id, prompt=f"p {job_id}")
+    return encode_record(make_record(job, status, taskid=taskid))
+
+
+def test_record_carries_the_whole_job() -> None:
+    """Every record has the fields needed to rebuild the manifest."""
+    r = make_record(JOB, JobStatus.SUCCEEDED, taskid="t", urls=["u"], code=1000,
+                    files=["images/j1.png"])
+    assert r["job_id"] == "j1" and r["status"] == "succeeded"
+    assert r["prompt"] == "a cat" and r["resolution"] == "16:9"
+    assert r["seed"] == 3 and r["prompt_extend"] is False and r["meta"] == {"k": "v"}
+    assert r["url"] == ["u"] and r["files"] == ["images/j1.png"]
+    assert r["ts"].endswith("+00:00")
+    assert set(r) >= {"job_id", "status", "taskid", "url", "code", "msg", "ts"}
+
+
+def test_last_record_wins() -> None:
+    """A job's state is its last line."""
+    state = replay([rec("a", JobStatus.SUBMITTED, "t1"), rec("a", JobStatus.FAILED),
+                    rec("b", JobStatus.SUBMITTED, "t2"),
+                    rec("a", JobStatus.SUCCEEDED)])
+    assert state.status_of("a") is JobStatus.SUCCEEDED
+    assert state.submitted == {"b": "t2"}
+    assert state.failed == {}
+
+
+def test_torn_last_line_is_skipped_with_offset() -> None:
+    """A half-written last line is ignored with a warning naming its byte offset."""
+    good = rec("a", JobStatus.SUCCEEDED)
+    state = replay([good, b'{"job_id":"b","sta'])
+    assert state.succeeded == {"a"}
+    assert len(state.warnings) == 1
+    assert f"byte {len(good)}" in state.warnings[0]
+    assert "torn" in state.warnings[0]
+
+
+def test_torn_line_in_the_middle_does_not_hide_later_lines() -> None:
+    """After a resume appended past a torn line, both sides still replay."""
+    lines = [rec("a", JobStatus.SUCCEEDED), b'{"job_id":"b","sta\n',
+             rec("c", JobStatus.SUCCEEDED)]
+    assert replay(lines).succeeded == {"a", "c"}
+
+
+def test_unknown_status_and_junk_are_skipped() -> None:
+    """Lines that are JSON but not records are skipped, not fatal."""
+    lines = [b"[1,2]\n", b'{"job_id":"x","status":"weird"}\n', b"\xff\xfe\n",
+             b'{"status":"succeeded"}\n', b'{"job_id":"s","status":"submitted"}\n',
+             rec("a", JobStatus.SUCCEEDED)]
+    state = replay(lines)
+    assert state.succeeded == {"a"} and len(state.warnings) == 5
+
+
+@st.composite
+def ledgers(draw: st.DrawFn) -> list[tuple[str, JobStatus]]:
+    ids = draw(st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=40))
+    return [(i, draw(st.sampled_from(list(JobStatus)))) for i in ids]
+
+
+@settings(max_examples=200, deadline=None)
+@given(ledgers(), st.data())
+def test_fuzz_truncation_never_loses_a_complete_record(
+    events: list[tuple[str, JobStatus]], data: st.DataObject
+) -> None:
+    """Cutting the file anywhere loses at most the record that was cut."""
+    lines = [rec(i, s, f"t-{n}") for n, (i, s) in enumerate(events)]
+    blob = b"".join(lines)
+    cut = data.draw(st.integers(0, len(blob)))
+    truncated = blob[:cut]
+    complete = []
+    pos = 0
+    for line in lines:
+        # a record missing only its newline was written whole and counts
+        if pos + len(line) - 1 <= cut:
+            complete.append(line)
+        pos += len(line)
+    state = replay(truncated.splitlines(keepends=True))
+    expected = replay(complete)
+    assert state.succeeded == expected.succeeded
+    assert state.submitted == expected.submitted
+    assert set(state.failed) == set(expected.failed)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ledgers(), st.binary(max_size=30), st.data())
+def test_fuzz_garbage_interleaved_never_loses_succeeded(
+    events: list[tuple[str, JobStatus]], junk: bytes, data: st.DataObject
+) -> None:
+    """Junk lines inserted anywhere never hide a succeeded job, never raise."""
+    lines = [rec(i, s) for i, s in events]
+    at = data.draw(st.integers(0, len(lines)))
+    noisy = [*lines[:at], junk.replace(b"\n", b"") + b"\n", *lines[at:]]
+    clean = replay(lines)
+    state = replay(noisy)
+    assert state.succeeded == clean.succeeded
+
+
+def test_read_missing_ledger_is_empty(tmp_path: Path) -> None:
+    """No ledger yet means nothing done yet."""
+    state = read_ledger(tmp_path / "nope.jsonl")
+    assert isinstance(state, ResumeState) and state.records == 0
+
+
+async def test_writer_appends_flushes_and_heals_torn_tail(tmp_path: Path) -> None:
+    """Appends after a torn tail start on a fresh line; every record is readable."""
+    path = tmp_path / "ledger.jsonl"
+    path.write_bytes(rec("a", JobStatus.SUCCEEDED) + b'{"job_id":"b","st')
+    async with LedgerWriter(path) as writer:
+        await asyncio.gather(*(
+            writer.append(make_record(JobSpec(job_id=f"n{i}", prompt="p"),
+                                      JobStatus.SUCCEEDED))
+            for i in range(50)
+        ))
+        # flushed: readable before close
+        assert len(read_ledger(path).succeeded) == 51
+    state = read_ledger(path)
+    assert state.succeeded == {"a", *(f"n{i}" for i in range(50))}
+    assert len(state.warnings) == 1
+
+
+async def test_writer_redacts_secrets(tmp_path: Path) -> None:
+    """A secret that slips into a message never reaches the file."""
+    path = tmp_path / "l.jsonl"
+    async with LedgerWriter(path, secrets=["sk-SECRET"]) as writer:
+        await writer.append(make_record(JOB, JobStatus.FAILED, msg="bad key sk-SECRET"))
+    text = path.read_text()
+    assert "sk-SECRET" not in text and "***" in text
+    assert json.loads(text)["msg"] == "bad key ***"
+
+
+async def test_writer_cancelled_caller_still_writes(tmp_path: Path) -> None:
+    """Cancelling the caller after hand-over does not lose the record."""
+    path = tmp_path / "l.jsonl"
+    async with LedgerWriter(path, fsync=True) as writer:
+        task = asyncio.create_task(writer.append(make_record(JOB, JobStatus.SUCCEEDED)))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert read_ledger(path).succeeded == {"j1"}

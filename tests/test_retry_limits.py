@@ -1,0 +1,69 @@
+"""Backoff, poll pacing and the rate limiter are pure functions of their inputs."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batch_runner.errors import PermanentApiError, TransientApiError
+from batch_runner.limits import RateLimiter
+from batch_runner.retry import RetryPolicy, next_poll_interval
+
+
+@given(st.integers(min_value=1, max_value=60), st.integers())
+def test_backoff_full_jitter_is_bounded(attempt: int, seed: int) -> None:
+    """Each wait lies in [0, min(cap, base * 2**(n-1))]."""
+    policy = RetryPolicy(wait_initial=0.5, wait_max=30.0)
+    delay = policy.backoff(attempt, random.Random(seed))
+    assert 0.0 <= delay <= min(30.0, 0.5 * 2 ** (attempt - 1))
+
+
+def test_retry_after_wins_but_is_capped() -> None:
+    """A server's Retry-After replaces the computed delay, up to a ceiling."""
+    policy = RetryPolicy(retry_after_max=60.0)
+    rng = random.Random(0)
+    assert policy.delay_for(TransientApiError("x", retry_after=7.0), 1, rng) == 7.0
+    assert policy.delay_for(TransientApiError("x", retry_after=900.0), 1, rng) == 60.0
+
+
+def test_should_retry_only_transient_within_attempts() -> None:
+    """Permanent errors are never retried; transient ones until attempts run out."""
+    policy = RetryPolicy(attempts=3)
+    assert policy.should_retry(TransientApiError("x"), 2)
+    assert not policy.should_retry(TransientApiError("x"), 3)
+    assert not policy.should_retry(PermanentApiError("x"), 1)
+
+
+def test_poll_interval_fast_then_backs_off_to_15s() -> None:
+    """Base interval for 60 s, then x1.5 per poll capped at 15 s."""
+    assert next_poll_interval(0, 1.0, 1.0) == 1.0
+    assert next_poll_interval(59.9, 1.0, 1.0) == 1.0
+    assert next_poll_interval(60, 1.0, 1.0) == 1.5
+    assert next_poll_interval(61, 1.5, 1.0) == 2.25
+    assert next_poll_interval(500, 12.0, 1.0) == 15.0
+    assert next_poll_interval(500, 15.0, 0.01) == 15.0
+
+
+def test_rate_limiter_has_no_startup_burst() -> None:
+    """Starts are spaced one period apart from the very first one."""
+    limiter = RateLimiter(rate=4.0)
+    waits = [limiter.reserve(100.0) for _ in range(5)]
+    assert waits == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_rate_limiter_idle_line_starts_at_once() -> None:
+    """After an idle period the next start does not wait, nor bank credit."""
+    limiter = RateLimiter(rate=2.0)
+    assert limiter.reserve(0.0) == 0.0
+    assert limiter.reserve(10.0) == 0.0
+    assert limiter.reserve(10.0) == 0.5
+
+
+@given(st.floats(min_value=0.1, max_value=1000), st.integers(2, 50))
+def test_rate_limiter_never_exceeds_rate(rate: float, n: int) -> None:
+    """n reservations made at once span (n-1) periods."""
+    limiter = RateLimiter(rate=rate)
+    waits = [limiter.reserve(0.0) for _ in range(n)]
+    assert abs(waits[-1] - (n - 1) / rate) < 1e-6 * n
