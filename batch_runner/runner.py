@@ -165,10 +165,21 @@ class Runner:
         )
         self._feeder = asyncio.create_task(self._feed(items, queue), name="feeder")
         dispatcher = asyncio.create_task(self._dispatch(queue), name="dispatcher")
+        feed_error: BaseException | None = None
         try:
+            await asyncio.wait(
+                {dispatcher, self._feeder}, return_when=asyncio.FIRST_EXCEPTION
+            )
+            feed_error = (
+                self._feeder.exception()
+                if self._feeder.done() and not self._feeder.cancelled()
+                else None
+            )
+            if feed_error is not None:
+                # rows were validated up front, so this is a bug: wind down, raise
+                self._stopping = True
+                dispatcher.cancel()
             await asyncio.wait({dispatcher})
-            if not self._feeder.cancelled() and self._feeder.done():
-                self._feeder.result()  # re-raise a manifest error, should one slip by
             while self._inflight:
                 await asyncio.wait(set(self._inflight))
         finally:
@@ -178,6 +189,8 @@ class Runner:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if feed_error is not None:
+            raise feed_error
         return self.result
 
     async def _feed(
@@ -186,15 +199,13 @@ class Runner:
         try:
             for item in items:
                 await queue.put(item)
-        finally:
-            # the dispatcher must always learn that the feed ended
+        except BaseException:
+            # Stopping or a bad row: a full queue means the dispatcher is busy and
+            # will see the stop flag; an empty one needs the sentinel to wake it.
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
-            if queue.full():
-                # cancelled while the queue was full: make room for the sentinel
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-                queue.put_nowait(None)
+            raise
+        await queue.put(None)
 
     async def _dispatch(self, queue: asyncio.Queue[WorkItem | None]) -> None:
         while True:

@@ -1,0 +1,38 @@
+"""Shared fixtures: a factory of real simulators on loopback, and a client on them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from batch_runner.simulator import RunningSimulator, SimulatorConfig, start_simulator
+
+KEY = "test-key-0123456789"
+
+SimFactory = Callable[..., Awaitable[RunningSimulator]]
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimFactory]:
+    """`await sim(generation_time=0.01, ...)` starts a simulator; all are closed after."""
+    started: list[RunningSimulator] = []
+
+    async def start(**knobs: Any) -> RunningSimulator:
+        knobs.setdefault("key", KEY)
+        knobs.setdefault("generation_time", 0.0)
+        running = await start_simulator(SimulatorConfig(**knobs))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.close()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s

@@ -1,0 +1,162 @@
+"""The HTTP client against the simulator on loopback: wire format and error mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from batch_runner.client import ZImageClient
+from batch_runner.errors import (
+    AuthError,
+    InsufficientCreditsError,
+    PermanentApiError,
+    TaskNotFoundError,
+    TransientApiError,
+)
+from batch_runner.models import JobSpec
+
+from .conftest import KEY, SimFactory
+
+JOB = JobSpec(job_id="j", prompt="a red fox", resolution="16:9", seed=5,
+              prompt_extend=False)
+
+
+async def test_submit_poll_download(sim: SimFactory, session: aiohttp.ClientSession,
+                                    tmp_path: Path) -> None:
+    """A job goes through submit, poll and download to a real PNG."""
+    server = await sim()
+    client = ZImageClient(session, server.url, KEY)
+    sub = await client.submit(JOB)
+    assert sub.taskid and sub.code == 1000
+    res = await client.poll(sub.taskid)
+    assert res.done and len(res.urls) == 1
+    got = await client.download(res.urls[0], tmp_path, "j")
+    assert got.path == tmp_path / "j.png"
+    assert got.path.read_bytes().startswith(b"\x89PNG")
+    assert not list(tmp_path.glob("*.part"))
+    stats = server.state.snapshot()
+    assert stats["downloads_with_auth"] == 0
+
+
+async def test_wrong_key_is_auth_error(sim: SimFactory,
+                                       session: aiohttp.ClientSession) -> None:
+    """A rejected key raises AuthError, whose text does not contain the key."""
+    server = await sim()
+    client = ZImageClient(session, server.url, "wrong-key-xyz")
+    with pytest.raises(AuthError) as info:
+        await client.submit(JOB)
+    assert "wrong-key-xyz" not in str(info.value)
+
+
+async def test_credits_and_not_found(sim: SimFactory,
+                                     session: aiohttp.ClientSession) -> None:
+    """9000 maps to InsufficientCreditsError; an unknown taskid to TaskNotFoundError."""
+    server = await sim(credits=1)
+    client = ZImageClient(session, server.url, KEY)
+    await client.submit(JOB)
+    with pytest.raises(InsufficientCreditsError):
+        await client.submit(JOB)
+    with pytest.raises(TaskNotFoundError):
+        await client.poll("zimg_nope")
+    server404 = await sim(unknown_task="404")
+    with pytest.raises(TaskNotFoundError):
+        await ZImageClient(session, server404.url, KEY).poll("zimg_nope")
+
+
+@pytest.mark.parametrize("kind", ["500", "503", "429", "reset", "malformed", "9999",
+                                  "hang"])
+async def test_every_fault_kind_is_transient(
+    sim: SimFactory, session: aiohttp.ClientSession, kind: str
+) -> None:
+    """Each simulated fault surfaces as a TransientApiError (retryable)."""
+    server = await sim(fault_rate=1.0, fault_kinds=(kind,), hang_time=5.0,
+                       retry_after=0.5)
+    client = ZImageClient(session, server.url, KEY, request_timeout=0.3)
+    with pytest.raises(TransientApiError) as info:
+        await client.submit(JOB)
+    if kind == "429":
+        assert info.value.retry_after == 0.5
+    assert server.state.snapshot()["tasks_created"] == 0
+
+
+async def test_unreachable_server_is_transient_and_not_sent(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Connection refused is transient and known not to have reached the server."""
+    client = ZImageClient(session, "http://127.0.0.1:9", KEY, request_timeout=2)
+    with pytest.raises(TransientApiError) as info:
+        await client.submit(JOB)
+    assert info.value.maybe_sent is False
+
+
+async def test_multipart_always_and_key_only_to_api(
+    session: aiohttp.ClientSession, tmp_path: Path,
+) -> None:
+    """Submits are multipart with exactly the documented fields; downloads carry no
+    Authorization header even on the API's own host."""
+    seen: dict[str, object] = {}
+
+    async def submit(request: web.Request) -> web.Response:
+        seen["ctype"] = request.content_type
+        seen["auth"] = request.headers.get("Authorization")
+        seen["form"] = dict(await request.post())
+        return web.json_response({"code": 1000, "msg": "ok", "data": {
+            "taskid": "", "url": str(request.url.with_path("/img.png"))}})
+
+    async def image(request: web.Request) -> web.Response:
+        seen["img_auth"] = request.headers.get("Authorization")
+        return web.Response(body=b"\xff\xd8\xff\xe0" + b"0" * 100,
+                            content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_post("/v1/images/zimage", submit)
+    app.router.add_get("/img.png", image)
+    from aiohttp.test_utils import TestServer
+
+    async with TestServer(app) as server:
+        client = ZImageClient(session, str(server.make_url("/")), KEY)
+        sub = await client.submit(JobSpec(job_id="x", prompt="p"))
+        assert sub.urls and not sub.taskid
+        got = await client.download(sub.urls[0], tmp_path, "x")
+    assert seen["ctype"] == "multipart/form-data"
+    assert seen["auth"] == f"Bearer {KEY}"
+    assert seen["form"] == {"prompt": "p", "resolution": "1024*1024"}
+    assert seen["img_auth"] is None
+    assert got.path.name == "x.jpg"  # extension from Content-Type
+
+
+async def test_download_guards(session: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Non-images, oversize bodies and non-http URLs are refused; nothing is left."""
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html>not an image</html>", content_type="text/html")
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "image/png"})
+        await resp.prepare(request)
+        await resp.write(b"\x89PNG\r\n\x1a\n" + b"0" * 5000)
+        return resp
+
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/loop")
+
+    app = web.Application()
+    app.router.add_get("/html", html)
+    app.router.add_get("/huge", huge)
+    app.router.add_get("/loop", loop)
+    from aiohttp.test_utils import TestServer
+
+    async with TestServer(app) as server:
+        client = ZImageClient(session, str(server.make_url("/")), KEY,
+                              max_image_bytes=1000)
+        with pytest.raises(PermanentApiError, match="not an image"):
+            await client.download(str(server.make_url("/html")), tmp_path, "a")
+        with pytest.raises(PermanentApiError, match="max-image-bytes"):
+            await client.download(str(server.make_url("/huge")), tmp_path, "b")
+        with pytest.raises(PermanentApiError, match="redirects"):
+            await client.download(str(server.make_url("/loop")), tmp_path, "c")
+        with pytest.raises(PermanentApiError, match="non-http"):
+            await client.download("file:///etc/passwd", tmp_path, "d")
+    assert list(tmp_path.iterdir()) == []
