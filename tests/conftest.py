@@ -17,7 +17,7 @@ SimFactory = Callable[..., Awaitable[RunningSimulator]]
 
 @pytest.fixture
 async def sim() -> AsyncIterator[SimFactory]:
-    """`await sim(generation_time=0.01, ...)` starts a simulator; all are closed after."""
+    """`await sim(knob=value, ...)` starts a simulator; all are closed after."""
     started: list[RunningSimulator] = []
 
     async def start(**knobs: Any) -> RunningSimulator:

@@ -20,12 +20,14 @@ from batch_runner.models import JobSpec
 
 from .conftest import KEY, SimFactory
 
-JOB = JobSpec(job_id="j", prompt="a red fox", resolution="16:9", seed=5,
-              prompt_extend=False)
+JOB = JobSpec(
+    job_id="j", prompt="a red fox", resolution="16:9", seed=5, prompt_extend=False
+)
 
 
-async def test_submit_poll_download(sim: SimFactory, session: aiohttp.ClientSession,
-                                    tmp_path: Path) -> None:
+async def test_submit_poll_download(
+    sim: SimFactory, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     """A job goes through submit, poll and download to a real PNG."""
     server = await sim()
     client = ZImageClient(session, server.url, KEY)
@@ -41,8 +43,9 @@ async def test_submit_poll_download(sim: SimFactory, session: aiohttp.ClientSess
     assert stats["downloads_with_auth"] == 0
 
 
-async def test_wrong_key_is_auth_error(sim: SimFactory,
-                                       session: aiohttp.ClientSession) -> None:
+async def test_wrong_key_is_auth_error(
+    sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
     """A rejected key raises AuthError, whose text does not contain the key."""
     server = await sim()
     client = ZImageClient(session, server.url, "wrong-key-xyz")
@@ -51,8 +54,9 @@ async def test_wrong_key_is_auth_error(sim: SimFactory,
     assert "wrong-key-xyz" not in str(info.value)
 
 
-async def test_credits_and_not_found(sim: SimFactory,
-                                     session: aiohttp.ClientSession) -> None:
+async def test_credits_and_not_found(
+    sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
     """9000 maps to InsufficientCreditsError; an unknown taskid to TaskNotFoundError."""
     server = await sim(credits=1)
     client = ZImageClient(session, server.url, KEY)
@@ -66,14 +70,16 @@ async def test_credits_and_not_found(sim: SimFactory,
         await ZImageClient(session, server404.url, KEY).poll("zimg_nope")
 
 
-@pytest.mark.parametrize("kind", ["500", "503", "429", "reset", "malformed", "9999",
-                                  "hang"])
+@pytest.mark.parametrize(
+    "kind", ["500", "503", "429", "reset", "malformed", "9999", "hang"]
+)
 async def test_every_fault_kind_is_transient(
     sim: SimFactory, session: aiohttp.ClientSession, kind: str
 ) -> None:
     """Each simulated fault surfaces as a TransientApiError (retryable)."""
-    server = await sim(fault_rate=1.0, fault_kinds=(kind,), hang_time=5.0,
-                       retry_after=0.5)
+    server = await sim(
+        fault_rate=1.0, fault_kinds=(kind,), hang_time=5.0, retry_after=0.5
+    )
     client = ZImageClient(session, server.url, KEY, request_timeout=0.3)
     with pytest.raises(TransientApiError) as info:
         await client.submit(JOB)
@@ -93,7 +99,8 @@ async def test_unreachable_server_is_transient_and_not_sent(
 
 
 async def test_multipart_always_and_key_only_to_api(
-    session: aiohttp.ClientSession, tmp_path: Path,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
 ) -> None:
     """Submits are multipart with exactly the documented fields; downloads carry no
     Authorization header even on the API's own host."""
@@ -103,13 +110,19 @@ async def test_multipart_always_and_key_only_to_api(
         seen["ctype"] = request.content_type
         seen["auth"] = request.headers.get("Authorization")
         seen["form"] = dict(await request.post())
-        return web.json_response({"code": 1000, "msg": "ok", "data": {
-            "taskid": "", "url": str(request.url.with_path("/img.png"))}})
+        return web.json_response(
+            {
+                "code": 1000,
+                "msg": "ok",
+                "data": {"taskid": "", "url": str(request.url.with_path("/img.png"))},
+            }
+        )
 
     async def image(request: web.Request) -> web.Response:
         seen["img_auth"] = request.headers.get("Authorization")
-        return web.Response(body=b"\xff\xd8\xff\xe0" + b"0" * 100,
-                            content_type="image/jpeg")
+        return web.Response(
+            body=b"\xff\xd8\xff\xe0" + b"0" * 100, content_type="image/jpeg"
+        )
 
     app = web.Application()
     app.router.add_post("/v1/images/zimage", submit)
@@ -130,6 +143,7 @@ async def test_multipart_always_and_key_only_to_api(
 
 async def test_download_guards(session: aiohttp.ClientSession, tmp_path: Path) -> None:
     """Non-images, oversize bodies and non-http URLs are refused; nothing is left."""
+
     async def html(request: web.Request) -> web.Response:
         return web.Response(text="<html>not an image</html>", content_type="text/html")
 
@@ -149,8 +163,9 @@ async def test_download_guards(session: aiohttp.ClientSession, tmp_path: Path) -
     from aiohttp.test_utils import TestServer
 
     async with TestServer(app) as server:
-        client = ZImageClient(session, str(server.make_url("/")), KEY,
-                              max_image_bytes=1000)
+        client = ZImageClient(
+            session, str(server.make_url("/")), KEY, max_image_bytes=1000
+        )
         with pytest.raises(PermanentApiError, match="not an image"):
             await client.download(str(server.make_url("/html")), tmp_path, "a")
         with pytest.raises(PermanentApiError, match="max-image-bytes"):

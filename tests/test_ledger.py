@@ -20,8 +20,7 @@ from batch_runner.ledger import (
 )
 from batch_runner.models import JobSpec, JobStatus
 
-JOB = JobSpec(job_id="j1", prompt="a cat", resolution="16:9", seed=3,
-              meta={"k": "v"})
+JOB = JobSpec(job_id="j1", prompt="a cat", resolution="16:9", seed=3, meta={"k": "v"})
 
 
 def rec(job_id: str, status: JobStatus, taskid: str | None = "t") -> bytes:
@@ -31,8 +30,14 @@ def rec(job_id: str, status: JobStatus, taskid: str | None = "t") -> bytes:
 
 def test_record_carries_the_whole_job() -> None:
     """Every record has the fields needed to rebuild the manifest."""
-    r = make_record(JOB, JobStatus.SUCCEEDED, taskid="t", urls=["u"], code=1000,
-                    files=["images/j1.png"])
+    r = make_record(
+        JOB,
+        JobStatus.SUCCEEDED,
+        taskid="t",
+        urls=["u"],
+        code=1000,
+        files=["images/j1.png"],
+    )
     assert r["job_id"] == "j1" and r["status"] == "succeeded"
     assert r["prompt"] == "a cat" and r["resolution"] == "16:9"
     assert r["seed"] == 3 and r["prompt_extend"] is False and r["meta"] == {"k": "v"}
@@ -43,9 +48,14 @@ def test_record_carries_the_whole_job() -> None:
 
 def test_last_record_wins() -> None:
     """A job's state is its last line."""
-    state = replay([rec("a", JobStatus.SUBMITTED, "t1"), rec("a", JobStatus.FAILED),
-                    rec("b", JobStatus.SUBMITTED, "t2"),
-                    rec("a", JobStatus.SUCCEEDED)])
+    state = replay(
+        [
+            rec("a", JobStatus.SUBMITTED, "t1"),
+            rec("a", JobStatus.FAILED),
+            rec("b", JobStatus.SUBMITTED, "t2"),
+            rec("a", JobStatus.SUCCEEDED),
+        ]
+    )
     assert state.status_of("a") is JobStatus.SUCCEEDED
     assert state.submitted == {"b": "t2"}
     assert state.failed == {}
@@ -63,16 +73,24 @@ def test_torn_last_line_is_skipped_with_offset() -> None:
 
 def test_torn_line_in_the_middle_does_not_hide_later_lines() -> None:
     """After a resume appended past a torn line, both sides still replay."""
-    lines = [rec("a", JobStatus.SUCCEEDED), b'{"job_id":"b","sta\n',
-             rec("c", JobStatus.SUCCEEDED)]
+    lines = [
+        rec("a", JobStatus.SUCCEEDED),
+        b'{"job_id":"b","sta\n',
+        rec("c", JobStatus.SUCCEEDED),
+    ]
     assert replay(lines).succeeded == {"a", "c"}
 
 
 def test_unknown_status_and_junk_are_skipped() -> None:
     """Lines that are JSON but not records are skipped, not fatal."""
-    lines = [b"[1,2]\n", b'{"job_id":"x","status":"weird"}\n', b"\xff\xfe\n",
-             b'{"status":"succeeded"}\n', b'{"job_id":"s","status":"submitted"}\n',
-             rec("a", JobStatus.SUCCEEDED)]
+    lines = [
+        b"[1,2]\n",
+        b'{"job_id":"x","status":"weird"}\n',
+        b"\xff\xfe\n",
+        b'{"status":"succeeded"}\n',
+        b'{"job_id":"s","status":"submitted"}\n',
+        rec("a", JobStatus.SUCCEEDED),
+    ]
     state = replay(lines)
     assert state.succeeded == {"a"} and len(state.warnings) == 5
 
@@ -132,11 +150,16 @@ async def test_writer_appends_flushes_and_heals_torn_tail(tmp_path: Path) -> Non
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(rec("a", JobStatus.SUCCEEDED) + b'{"job_id":"b","st')
     async with LedgerWriter(path) as writer:
-        await asyncio.gather(*(
-            writer.append(make_record(JobSpec(job_id=f"n{i}", prompt="p"),
-                                      JobStatus.SUCCEEDED))
-            for i in range(50)
-        ))
+        await asyncio.gather(
+            *(
+                writer.append(
+                    make_record(
+                        JobSpec(job_id=f"n{i}", prompt="p"), JobStatus.SUCCEEDED
+                    )
+                )
+                for i in range(50)
+            )
+        )
         # flushed: readable before close
         assert len(read_ledger(path).succeeded) == 51
     state = read_ledger(path)

@@ -17,17 +17,20 @@ def job(i: str) -> JobSpec:
 def state_of(*records: tuple[str, JobStatus, str | None, str | None]):  # type: ignore[no-untyped-def]
     lines = []
     for job_id, status, taskid, stage in records:
-        lines.append(encode_record(make_record(job(job_id), status, taskid=taskid,
-                                               stage=stage)))
+        lines.append(
+            encode_record(make_record(job(job_id), status, taskid=taskid, stage=stage))
+        )
     return replay(lines)
 
 
 def test_decisions() -> None:
     """Done is skipped, submitted is polled, failed skipped unless retried."""
-    st_ = state_of(("a", JobStatus.SUCCEEDED, "t1", None),
-                   ("b", JobStatus.SUBMITTED, "t2", None),
-                   ("c", JobStatus.FAILED, "t3", "generate"),
-                   ("d", JobStatus.FAILED, "t4", "download"))
+    st_ = state_of(
+        ("a", JobStatus.SUCCEEDED, "t1", None),
+        ("b", JobStatus.SUBMITTED, "t2", None),
+        ("c", JobStatus.FAILED, "t3", "generate"),
+        ("d", JobStatus.FAILED, "t4", "download"),
+    )
     assert decide(job("a"), st_, retry_failed=False) == (Action.DONE, None)
     assert decide(job("b"), st_, retry_failed=False) == (Action.POLL, "t2")
     assert decide(job("c"), st_, retry_failed=False) == (Action.SKIP_FAILED, None)
@@ -37,8 +40,12 @@ def test_decisions() -> None:
     assert decide(job("e"), st_, retry_failed=False) == (Action.SUBMIT, None)
 
 
-@given(st.lists(st.tuples(st.sampled_from("abcdef"),
-                          st.sampled_from(list(JobStatus))), max_size=30))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcdef"), st.sampled_from(list(JobStatus))),
+        max_size=30,
+    )
+)
 def test_resume_never_resubmits_a_recorded_taskid(
     events: list[tuple[str, JobStatus]],
 ) -> None:

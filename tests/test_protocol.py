@@ -32,7 +32,9 @@ def test_submit_fields_send_only_what_is_set() -> None:
     """resolution is always sent; seed and prompt_extend only when set (0 included)."""
     job = JobSpec(job_id="a", prompt="p")
     assert submit_fields(job) == [("prompt", "p"), ("resolution", "1024*1024")]
-    job = JobSpec(job_id="a", prompt="p", resolution="16:9", seed=0, prompt_extend=False)
+    job = JobSpec(
+        job_id="a", prompt="p", resolution="16:9", seed=0, prompt_extend=False
+    )
     assert submit_fields(job) == [
         ("prompt", "p"),
         ("resolution", "16:9"),
@@ -132,14 +134,21 @@ def test_urls_string_or_list() -> None:
 
 def test_parse_poll_is_liberal() -> None:
     """String statuses and missing fields do not break polling."""
-    res = parse_poll({"code": 1000, "msg": "OK", "data": {"image_status": "3",
-                                                         "url": "http://x/y.png"}})
+    res = parse_poll(
+        {
+            "code": 1000,
+            "msg": "OK",
+            "data": {"image_status": "3", "url": "http://x/y.png"},
+        }
+    )
     assert res.done and res.urls == ("http://x/y.png",)
     res = parse_poll({"code": 1000, "msg": "OK", "data": {"image_status": 7}})
     assert not res.done and not res.failed
     res = parse_poll({"code": 1000, "msg": "OK", "data": None})
     assert res.status is None
-    res = parse_poll({"code": 1000, "data": {"image_status": 4, "error_message": "nsfw"}})
+    res = parse_poll(
+        {"code": 1000, "data": {"image_status": 4, "error_message": "nsfw"}}
+    )
     assert res.failed and res.error_message == "nsfw"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from batch_runner.models import JobSpec
 from batch_runner.plan import WorkItem
 from batch_runner.protocol import PollResult, SubmitResult
 from batch_runner.retry import RetryPolicy
-from batch_runner.runner import RunOptions, RunResult, Runner, StopReason
+from batch_runner.runner import Runner, RunOptions, RunResult, StopReason
 
 from .conftest import KEY, SimFactory
 
@@ -27,8 +28,9 @@ FAST = RunOptions(
 
 
 def jobs(n: int, prefix: str = "j", prompt: str = "prompt") -> list[JobSpec]:
-    return [JobSpec(job_id=f"{prefix}{i}", prompt=f"{prompt} {i}", seed=i)
-            for i in range(n)]
+    return [
+        JobSpec(job_id=f"{prefix}{i}", prompt=f"{prompt} {i}", seed=i) for i in range(n)
+    ]
 
 
 class Spy:
@@ -60,8 +62,12 @@ class Spy:
 
 
 async def run_jobs(
-    url: str, tmp_path: Path, items: list[WorkItem], options: RunOptions = FAST,
-    key: str = KEY, spy: bool = False,
+    url: str,
+    tmp_path: Path,
+    items: list[WorkItem],
+    options: RunOptions = FAST,
+    key: str = KEY,
+    spy: bool = False,
 ) -> tuple[RunResult, Spy | None]:
     async with aiohttp.ClientSession() as session:
         client = ZImageClient(session, url, key, request_timeout=2)
@@ -78,8 +84,11 @@ async def test_all_jobs_succeed_within_the_concurrency_limit(
     """Every job ends succeeded with its image; never more than N run at once."""
     server = await sim(generation_time=0.02)
     result, spy = await run_jobs(
-        server.url, tmp_path, [WorkItem(j) for j in jobs(40)],
-        RunOptions(concurrency=3, retry=FAST.retry, poll_interval=0.01), spy=True,
+        server.url,
+        tmp_path,
+        [WorkItem(j) for j in jobs(40)],
+        RunOptions(concurrency=3, retry=FAST.retry, poll_interval=0.01),
+        spy=True,
     )
     assert result.succeeded == 40 and result.failed == 0
     assert spy is not None and 0 < spy.max_running <= 3
@@ -91,13 +100,15 @@ async def test_all_jobs_succeed_within_the_concurrency_limit(
 async def test_rate_limit_spaces_submits(sim: SimFactory, tmp_path: Path) -> None:
     """--rate R spaces submits at least 1/R apart, with no initial burst."""
     server = await sim()
-    options = RunOptions(concurrency=10, rate=20.0, retry=FAST.retry,
-                         poll_interval=0.01)
-    _, spy = await run_jobs(server.url, tmp_path, [WorkItem(j) for j in jobs(8)],
-                            options, spy=True)
+    options = RunOptions(
+        concurrency=10, rate=20.0, retry=FAST.retry, poll_interval=0.01
+    )
+    _, spy = await run_jobs(
+        server.url, tmp_path, [WorkItem(j) for j in jobs(8)], options, spy=True
+    )
     assert spy is not None
     times = sorted(spy.submit_times)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.05 * 0.9
 
 
@@ -105,12 +116,16 @@ async def test_faults_are_retried_and_designed_failures_fail(
     sim: SimFactory, tmp_path: Path
 ) -> None:
     """With 30% faults every job succeeds except the one designed to fail."""
-    server = await sim(fault_rate=0.3, seed=7, retry_after=0.01, hang_time=0.5,
-                       generation_time=0.01)
+    server = await sim(
+        fault_rate=0.3, seed=7, retry_after=0.01, hang_time=0.5, generation_time=0.01
+    )
     items = [WorkItem(j) for j in jobs(30)]
     items.append(WorkItem(JobSpec(job_id="bad", prompt="nope [fail]")))
-    options = RunOptions(concurrency=8, retry=RetryPolicy(attempts=12,
-                         wait_initial=0.0, wait_max=0.0), poll_interval=0.01)
+    options = RunOptions(
+        concurrency=8,
+        retry=RetryPolicy(attempts=12, wait_initial=0.0, wait_max=0.0),
+        poll_interval=0.01,
+    )
     result, _ = await run_jobs(server.url, tmp_path, items, options)
     assert result.succeeded == 30 and result.failed == 1
     assert result.retries > 0
@@ -124,9 +139,12 @@ async def test_credits_stop_new_submits_without_failing(
 ) -> None:
     """Out of credits: submits stop, finished jobs stay, nothing is marked failed."""
     server = await sim(credits=5, generation_time=0.05)
-    result, _ = await run_jobs(server.url, tmp_path, [WorkItem(j) for j in jobs(12)],
-                               RunOptions(concurrency=2, retry=FAST.retry,
-                                          poll_interval=0.01))
+    result, _ = await run_jobs(
+        server.url,
+        tmp_path,
+        [WorkItem(j) for j in jobs(12)],
+        RunOptions(concurrency=2, retry=FAST.retry, poll_interval=0.01),
+    )
     assert result.stop is StopReason.CREDITS
     assert result.succeeded == 5 and result.failed == 0
     state = read_ledger(tmp_path / "ledger.jsonl")
@@ -136,8 +154,9 @@ async def test_credits_stop_new_submits_without_failing(
 async def test_rejected_key_stops_the_run(sim: SimFactory, tmp_path: Path) -> None:
     """A 401 stops everything with StopReason.AUTH and records no failures."""
     server = await sim()
-    result, _ = await run_jobs(server.url, tmp_path, [WorkItem(j) for j in jobs(20)],
-                               key="not-the-key")
+    result, _ = await run_jobs(
+        server.url, tmp_path, [WorkItem(j) for j in jobs(20)], key="not-the-key"
+    )
     assert result.stop is StopReason.AUTH
     assert "API key rejected" in result.stop_message
     assert result.failed == 0
@@ -149,31 +168,45 @@ async def test_resume_polls_recorded_taskids_instead_of_resubmitting(
 ) -> None:
     """Items with a taskid are polled; the server creates no new task for them."""
     server = await sim(generation_time=0.01)
-    first, _ = await run_jobs(server.url, tmp_path / "a", [WorkItem(j) for j in jobs(5)])
+    first, _ = await run_jobs(
+        server.url, tmp_path / "a", [WorkItem(j) for j in jobs(5)]
+    )
     state = read_ledger(tmp_path / "a" / "ledger.jsonl")
     created = server.state.snapshot()["tasks_created"]
     taskids = {j: t for j, t in state.submitted.items()}
     assert not taskids  # all succeeded; rebuild taskids from the ledger text instead
     import json
 
-    recs = [json.loads(line) for line in
-            (tmp_path / "a" / "ledger.jsonl").read_text().splitlines()]
-    items = [WorkItem(JobSpec(job_id=r["job_id"], prompt=r["prompt"]), r["taskid"])
-             for r in recs if r["status"] == "submitted"]
+    recs = [
+        json.loads(line)
+        for line in (tmp_path / "a" / "ledger.jsonl").read_text().splitlines()
+    ]
+    items = [
+        WorkItem(JobSpec(job_id=r["job_id"], prompt=r["prompt"]), r["taskid"])
+        for r in recs
+        if r["status"] == "submitted"
+    ]
     second, _ = await run_jobs(server.url, tmp_path / "b", items)
     assert second.succeeded == 5 and second.submits == 0
     assert server.state.snapshot()["tasks_created"] == created
     assert first.submits == 5
 
 
-async def test_unknown_taskid_is_recorded_failed(sim: SimFactory, tmp_path: Path) -> None:
+async def test_unknown_taskid_is_recorded_failed(
+    sim: SimFactory, tmp_path: Path
+) -> None:
     """A recorded taskid the server no longer knows ends failed at 'not-found'."""
     server = await sim()
-    options = RunOptions(retry=RetryPolicy(attempts=3, wait_initial=0.0, wait_max=0.0),
-                         poll_interval=0.01)
-    result, _ = await run_jobs(server.url, tmp_path,
-                               [WorkItem(JobSpec(job_id="x", prompt="p"), "zimg_gone")],
-                               options)
+    options = RunOptions(
+        retry=RetryPolicy(attempts=3, wait_initial=0.0, wait_max=0.0),
+        poll_interval=0.01,
+    )
+    result, _ = await run_jobs(
+        server.url,
+        tmp_path,
+        [WorkItem(JobSpec(job_id="x", prompt="p"), "zimg_gone")],
+        options,
+    )
     assert result.failed == 1
     assert read_ledger(tmp_path / "ledger.jsonl").failed["x"].stage == "not-found"
 
@@ -182,8 +215,9 @@ async def test_job_timeout(sim: SimFactory, tmp_path: Path) -> None:
     """A task still processing after --job-timeout is recorded failed with a reason."""
     server = await sim(generation_time=30)
     options = RunOptions(retry=FAST.retry, poll_interval=0.01, job_timeout=0.3)
-    result, _ = await run_jobs(server.url, tmp_path,
-                               [WorkItem(JobSpec(job_id="slow", prompt="p"))], options)
+    result, _ = await run_jobs(
+        server.url, tmp_path, [WorkItem(JobSpec(job_id="slow", prompt="p"))], options
+    )
     assert result.failed == 1
     failed = read_ledger(tmp_path / "ledger.jsonl").failed["slow"]
     assert failed.stage == "timeout" and "--job-timeout" in failed.msg
@@ -195,8 +229,9 @@ async def test_sync_urls_skip_polling_and_multiple_images(
 ) -> None:
     """URLs in the submit response skip polling; several images are numbered from 0."""
     server = await sim(url_in_submit=True, images_per_task=3)
-    result, _ = await run_jobs(server.url, tmp_path,
-                               [WorkItem(JobSpec(job_id="m", prompt="p"))])
+    result, _ = await run_jobs(
+        server.url, tmp_path, [WorkItem(JobSpec(job_id="m", prompt="p"))]
+    )
     assert result.succeeded == 1
     assert server.state.snapshot()["polls_total"] == 0
     names = sorted(p.name for p in (tmp_path / "images").iterdir())
@@ -211,10 +246,14 @@ async def test_graceful_stop_records_taskids_and_leaves_no_torn_line(
     async with aiohttp.ClientSession() as session:
         client = ZImageClient(session, server.url, KEY)
         async with LedgerWriter(tmp_path / "ledger.jsonl") as ledger:
-            runner = Runner(client, ledger,
-                            RunOptions(concurrency=4, retry=FAST.retry,
-                                       poll_interval=0.01, grace=0.2),
-                            out_dir=tmp_path)
+            runner = Runner(
+                client,
+                ledger,
+                RunOptions(
+                    concurrency=4, retry=FAST.retry, poll_interval=0.01, grace=0.2
+                ),
+                out_dir=tmp_path,
+            )
             task = asyncio.create_task(runner.run([WorkItem(j) for j in jobs(50)]))
             while server.state.snapshot()["tasks_created"] < 4:
                 await asyncio.sleep(0.01)
