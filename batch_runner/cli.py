@@ -298,7 +298,7 @@ async def _run(
                         key=api_key,
                         fault_rate=ns.mock_fault_rate,
                         generation_time=ns.mock_generation_time,
-                        # a simulated hang ends in a 503 after 3 s: a demo must not stall
+                        # a simulated hang ends in a 503 after 3 s: demos must not stall
                         hang_time=min(3.0, ns.request_timeout),
                     )
                 )

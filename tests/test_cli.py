@@ -16,7 +16,6 @@ from batch_runner.cli import main
 from batch_runner.lock import RunLock
 
 from .procs import (
-    KEY,
     final_states,
     ledger_records,
     run_runner,
