@@ -207,6 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
 # -- the run command ----------------------------------------------------------
 
 
+ATTEMPTS_NAME = "attempts.jsonl"
+
+
+def remove_partial_downloads(images_dir: Path) -> None:
+    """`.part` files are downloads a crash interrupted; their jobs fetch again."""
+    if images_dir.is_dir():
+        for part in images_dir.glob(".*.part"):
+            part.unlink(missing_ok=True)
+
+
 @dataclass(frozen=True, slots=True)
 class RunPaths:
     out_dir: Path
@@ -244,17 +254,14 @@ def cmd_run(ns: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
 
-    try:
-        summary = validate_manifest(ns.manifest)
-    except ManifestError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
-    for warning in summary.warnings:
-        log.warning("%s", warning)
-
     paths = resolve_paths(ns.manifest, ns.out, ns.ledger)
     try:
+        # the lock comes first so a second run exits 4 at once, before it spends
+        # time validating a large manifest
         with RunLock(paths.out_dir):
+            summary = validate_manifest(ns.manifest)
+            for warning in summary.warnings:
+                log.warning("%s", warning)
             return asyncio.run(_run(ns, paths, api_key, base_url, use_tqdm))
     except RunLockedError as exc:
         log.error("%s", exc)
@@ -321,6 +328,10 @@ async def _run(
         ledger = await stack.enter_async_context(
             LedgerWriter(paths.ledger, fsync=ns.fsync, secrets=[api_key])
         )
+        attempt_log = await stack.enter_async_context(
+            LedgerWriter(paths.out_dir / ATTEMPTS_NAME, fsync=ns.fsync)
+        )
+        remove_partial_downloads(paths.out_dir / "images")
         progress: Progress = (
             TqdmProgress(counts.in_scope)
             if use_tqdm and counts.in_scope
@@ -340,6 +351,9 @@ async def _run(
                 grace=ns.grace,
             ),
             out_dir=paths.out_dir,
+            progress=progress,
+            attempt_log=attempt_log,
+            run_id=f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",
         )
         runner._progress = progress
         loop = asyncio.get_running_loop()

@@ -40,6 +40,8 @@ def make_record(
     files: Sequence[str] | None = None,
     stage: str | None = None,
     attempts: int | None = None,
+    uncertain: int = 0,
+    run: str | None = None,
     ts: str | None = None,
 ) -> dict[str, Any]:
     """One ledger line: the outcome plus the whole job, so the ledger can rebuild it."""
@@ -63,6 +65,11 @@ def make_record(
         record["stage"] = stage
     if attempts is not None:
         record["attempts"] = attempts
+    if uncertain:
+        # submit attempts whose answer was lost: each may have created a task
+        record["uncertain"] = uncertain
+    if run is not None:
+        record["run"] = run
     return record
 
 

@@ -29,7 +29,7 @@ from batch_runner.errors import (
     TransientApiError,
 )
 from batch_runner.images import image_stem
-from batch_runner.ledger import LedgerWriter, make_record
+from batch_runner.ledger import LedgerWriter, make_record, utc_now_iso
 from batch_runner.limits import RateLimiter
 from batch_runner.models import JobSpec, JobStatus
 from batch_runner.plan import WorkItem
@@ -98,6 +98,8 @@ class Runner:
         images_dir: Path | None = None,
         progress: Progress | None = None,
         rng: random.Random | None = None,
+        attempt_log: LedgerWriter | None = None,
+        run_id: str = "",
     ) -> None:
         self._api = api
         self._ledger = ledger
@@ -106,6 +108,8 @@ class Runner:
         self._images_dir = images_dir or out_dir / "images"
         self._progress = progress or NullProgress()
         self._rng = rng or random.Random()
+        self._attempt_log = attempt_log
+        self._run_id = run_id
         self._rate = RateLimiter(options.rate) if options.rate else None
         self._slots = asyncio.Semaphore(options.concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
@@ -290,17 +294,47 @@ class Runner:
                 await asyncio.sleep(delay)
         if self._no_new_submits:
             return None
+        uncertain = 0
+        sent = 0
+
+        async def attempt() -> SubmitResult:
+            nonlocal uncertain, sent
+            sent += 1
+            if self._attempt_log is not None:
+                # flushed before the request leaves: if we die before the answer is
+                # recorded, `status` can still name this job as a possible duplicate
+                await self._attempt_log.append(
+                    {
+                        "job_id": job.job_id,
+                        "run": self._run_id,
+                        "n": sent,
+                        "ts": utc_now_iso(),
+                    }
+                )
+            try:
+                return await self._api.submit(job)
+            except TransientApiError as exc:
+                if exc.maybe_sent and (exc.http_status in (None, 200)):
+                    uncertain += 1
+                raise
+
         try:
-            result, attempts = await self._call(
-                lambda: self._api.submit(job), job, "submit"
-            )
+            result, attempts = await self._call(attempt, job, "submit")
         except InsufficientCreditsError as exc:
             self._credits_exhausted(exc)
             return None
         except (AuthError, LedgerError):
             raise
         except ApiError as exc:
-            await self._record_failed(job, None, exc.message, stage="submit", exc=exc)
+            await self._record_failed(
+                job,
+                None,
+                exc.message,
+                stage="submit",
+                exc=exc,
+                attempts=sent,
+                uncertain=uncertain,
+            )
             return None
         self.result.submits += 1
         if result.taskid:
@@ -313,6 +347,8 @@ class Runner:
                     code=result.code,
                     msg=result.msg,
                     attempts=attempts,
+                    uncertain=uncertain,
+                    run=self._run_id or None,
                 )
             )
         return result
@@ -455,6 +491,8 @@ class Runner:
         code: int | None = None,
         urls: Sequence[str] | None = None,
         exc: ApiError | None = None,
+        attempts: int | None = None,
+        uncertain: int = 0,
     ) -> None:
         if code is None and exc is not None:
             code = exc.code if exc.code is not None else exc.http_status
@@ -467,6 +505,9 @@ class Runner:
                 code=code,
                 msg=msg,
                 stage=stage,
+                attempts=attempts,
+                uncertain=uncertain,
+                run=(self._run_id or None) if attempts is not None else None,
             )
         )
         log.warning("job %s failed at %s: %s", job.job_id, stage, msg)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from batch_runner.audit import suspected_duplicate_submits
 from batch_runner.cli import main
 from batch_runner.lock import RunLock
 
@@ -191,7 +192,17 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
         final = run_runner(args)
         assert final.returncode == 0, final.stderr
         created = sim.stats()["tasks_created"]
+        by_prompt = sim.stats()["tasks_by_prompt"]
     states = final_states(ledger)
+    # every job the server really created twice is named as a suspected duplicate
+    suspects = suspected_duplicate_submits(
+        ledger_records(ledger), ledger_records(out / "attempts.jsonl")
+    )
+    for i in range(jobs):
+        extra = by_prompt.get(f"image number {i}", 0) - 1
+        if extra > 0:
+            assert suspects.get(f"job-{i}", 0) >= extra, (i, suspects)
+    assert sum(suspects.values()) <= kills * concurrency
     assert len(states) == jobs
     assert all(r["status"] == "succeeded" for r in states.values())
     # once a taskid is on record, the job is only ever polled under that taskid

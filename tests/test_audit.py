@@ -1,0 +1,37 @@
+"""Suspected duplicate submits from the attempt log and the ledger."""
+
+from __future__ import annotations
+
+from batch_runner.audit import suspected_duplicate_submits
+
+
+def test_attempt_cut_off_by_a_crash_is_suspect() -> None:
+    """An attempt with no outcome recorded in its run may have created a task."""
+    attempts = [
+        {"job_id": "a", "run": "r1", "n": 1},
+        {"job_id": "a", "run": "r2", "n": 1},
+        {"job_id": "b", "run": "r1", "n": 1},
+    ]
+    ledger = [
+        {"job_id": "a", "run": "r2", "attempts": 1, "status": "submitted"},
+        {"job_id": "b", "run": "r1", "attempts": 1, "status": "submitted"},
+    ]
+    assert suspected_duplicate_submits(ledger, attempts) == {"a": 1}
+
+
+def test_lost_answers_within_a_run_are_suspect() -> None:
+    """Retries after a lost answer are counted from the outcome's `uncertain`."""
+    attempts = [{"job_id": "a", "run": "r", "n": n} for n in (1, 2, 3)]
+    ledger = [{"job_id": "a", "run": "r", "attempts": 3, "uncertain": 2}]
+    assert suspected_duplicate_submits(ledger, attempts) == {"a": 2}
+
+
+def test_clean_history_has_no_suspects() -> None:
+    """Retries answered by an error status are not suspects; junk is ignored."""
+    attempts = [
+        {"job_id": "a", "run": "r", "n": 1},
+        {"job_id": "a", "run": "r", "n": 2},
+        {"junk": True},
+    ]
+    ledger = [{"job_id": "a", "run": "r", "attempts": 2}, {"job_id": 5}]
+    assert suspected_duplicate_submits(ledger, attempts) == {}
