@@ -21,6 +21,7 @@ from yarl import URL
 
 from batch_runner.errors import (
     ApiError,
+    AuthError,
     PermanentApiError,
     TransientApiError,
 )
@@ -69,7 +70,11 @@ class ZImageClient:
     ) -> None:
         self._session = session
         self._base = URL(base_url.rstrip("/"))
+        self._key = api_key
         self._auth = {"Authorization": f"Bearer {api_key}"}
+        #: until one request succeeds we may still learn the server wants the raw
+        #: key, as the docs' curl sample sends it
+        self._auth_settled = False
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._max_image_bytes = max_image_bytes
 
@@ -82,10 +87,10 @@ class ZImageClient:
             part = form.append(value, {"Content-Type": "text/plain; charset=utf-8"})
             part.set_content_disposition("form-data", name=name)
         envelope = await self._api_call(
-            lambda: self._session.post(
+            lambda headers: self._session.post(
                 self._base.with_path(SUBMIT_PATH),
                 data=form,
-                headers=self._auth,
+                headers=headers,
                 timeout=self._timeout,
             ),
             polling=False,
@@ -95,10 +100,10 @@ class ZImageClient:
     async def poll(self, taskid: str) -> PollResult:
         """Ask for the task's status and, when done, its image URLs."""
         envelope = await self._api_call(
-            lambda: self._session.post(
+            lambda headers: self._session.post(
                 self._base.with_path(POLL_PATH),
                 json={"taskid": taskid},
-                headers=self._auth,
+                headers=headers,
                 timeout=self._timeout,
             ),
             polling=True,
@@ -107,17 +112,33 @@ class ZImageClient:
 
     async def _api_call(
         self,
-        send: Callable[[], Any],
+        send: Callable[[dict[str, str]], Any],
         *,
         polling: bool,
     ) -> dict[str, Any]:
-        async def exchange() -> tuple[int, bytes, str | None]:
-            async with send() as resp:
+        async def exchange(headers: dict[str, str]) -> tuple[int, bytes, str | None]:
+            async with send(headers) as resp:
                 body = await _read_capped(resp, MAX_ENVELOPE_BYTES)
                 return resp.status, body, resp.headers.get("Retry-After")
 
-        status, body, retry_after = await _map_transport_errors(exchange)
-        return classify_http(status, body, retry_after, polling=polling)
+        status, body, retry_after = await _map_transport_errors(
+            lambda: exchange(self._auth)
+        )
+        try:
+            envelope = classify_http(status, body, retry_after, polling=polling)
+        except AuthError:
+            if self._auth_settled:
+                raise
+            # Every known client sends "Bearer <key>", the docs' sample the bare
+            # key; a server that refuses one form gets the other, once.
+            raw = {"Authorization": self._key}
+            status, body, retry_after = await _map_transport_errors(
+                lambda: exchange(raw)
+            )
+            envelope = classify_http(status, body, retry_after, polling=polling)
+            self._auth = raw
+        self._auth_settled = True
+        return envelope
 
     async def download(self, url: str, images_dir: Path, stem: str) -> DownloadedFile:
         """Stream one image to a temp file, check it is an image, rename into place.
@@ -126,6 +147,9 @@ class ZImageClient:
         leaves only a `.part` file that the next run ignores and replaces.
         """
         target = URL(url)
+        if not target.is_absolute() and not target.scheme:
+            # a relative URL is taken to live on the API's host
+            target = self._base.join(target)
         if target.scheme not in ("http", "https") or not target.host:
             raise PermanentApiError(f"refusing to download non-http(s) URL: {url!r}")
         tmp = images_dir / f".{stem}.{secrets.token_hex(4)}.part"

@@ -74,7 +74,8 @@ class PollResult:
 
     @property
     def done(self) -> bool:
-        return self.status == STATUS_DONE
+        # a server that omits image_status but hands out URLs is finished too
+        return self.status == STATUS_DONE or (self.status is None and bool(self.urls))
 
     @property
     def failed(self) -> bool:

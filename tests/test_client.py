@@ -175,3 +175,48 @@ async def test_download_guards(session: aiohttp.ClientSession, tmp_path: Path) -
         with pytest.raises(PermanentApiError, match="non-http"):
             await client.download("file:///etc/passwd", tmp_path, "d")
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_raw_key_server_and_relative_urls(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A server that wants the bare key (as the docs' curl sends it) still works,
+    and a relative image URL is fetched from the API host, without the key."""
+    seen: list[str | None] = []
+
+    async def submit(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        if request.headers.get("Authorization") != KEY:
+            return web.json_response(
+                {"code": 9999, "msg": "Invalid API key"}, status=401
+            )
+        form = await request.post()
+        assert form["prompt"] == "p"
+        return web.json_response({"code": 1000, "data": {"taskid": "t1"}})
+
+    async def poll(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        # no image_status at all, only URLs: taken as done
+        return web.json_response({"code": 1000, "data": {"url": ["/img/t1.png"]}})
+
+    async def image(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(
+            body=b"\x89PNG\r\n\x1a\n" + b"0" * 64,
+            content_type="application/octet-stream",
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/images/zimage", submit)
+    app.router.add_post("/v1/images/infobytaskid", poll)
+    app.router.add_get("/img/t1.png", image)
+    from aiohttp.test_utils import TestServer
+
+    async with TestServer(app) as server:
+        client = ZImageClient(session, str(server.make_url("/")), KEY)
+        sub = await client.submit(JobSpec(job_id="x", prompt="p"))
+        res = await client.poll(sub.taskid)
+        assert res.done
+        got = await client.download(res.urls[0], tmp_path, "x")
+    assert seen == [f"Bearer {KEY}", KEY, KEY, None]
+    assert got.path.name == "x.png"  # octet-stream: extension from magic bytes
