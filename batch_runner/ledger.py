@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -277,3 +277,34 @@ class LedgerWriter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Every readable record of a ledger in order; unreadable lines are skipped
+    (`read_ledger` reports them)."""
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
+    with fh:
+        for raw in fh:
+            try:
+                record = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if (
+                isinstance(record, dict)
+                and isinstance(record.get("job_id"), str)
+                and record.get("status") in _KNOWN_STATUSES
+            ):
+                yield record
+
+
+def latest_records(path: Path) -> dict[str, dict[str, Any]]:
+    """job_id -> its last record (its current state), in first-seen order."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in iter_records(path):
+        latest[record["job_id"]] = record
+    return latest
