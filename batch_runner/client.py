@@ -8,6 +8,7 @@ which may live on another host.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,7 @@ from batch_runner.errors import (
     PermanentApiError,
     TransientApiError,
 )
-from batch_runner.images import extension_for, sniff_extension
+from batch_runner.images import extension_for, image_size, sniff_extension
 from batch_runner.models import JobSpec
 from batch_runner.protocol import (
     POLL_PATH,
@@ -46,6 +47,8 @@ MAX_ENVELOPE_BYTES = 1 << 20
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
+#: enough of the file to recognise it and, for JPEG, usually to find its size
+_HEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,9 @@ class DownloadedFile:
 
     path: Path
     size: int
+    sha256: str = ""
+    width: int | None = None
+    height: int | None = None
 
 
 class ZImageClient:
@@ -170,7 +176,7 @@ class ZImageClient:
                         raise PermanentApiError(
                             f"image is {declared} bytes, over --max-image-bytes"
                         )
-                    size, head = await self._stream_to(resp, tmp)
+                    size, head, digest = await self._stream_to(resp, tmp)
                     ext = sniff_extension(head)
                     if ext is None:
                         raise PermanentApiError(
@@ -181,7 +187,14 @@ class ZImageClient:
                         stem + extension_for(resp.headers.get("Content-Type"), head)
                     )
                     os.replace(tmp, final)
-                    return DownloadedFile(path=final, size=size)
+                    dims = image_size(head)
+                    return DownloadedFile(
+                        path=final,
+                        size=size,
+                        sha256=digest,
+                        width=dims[0] if dims else None,
+                        height=dims[1] if dims else None,
+                    )
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
@@ -190,9 +203,11 @@ class ZImageClient:
 
     async def _stream_to(
         self, resp: aiohttp.ClientResponse, tmp: Path
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, str]:
+        """Write the body to `tmp`; returns size, the first bytes, and sha256."""
         size = 0
         head = b""
+        digest = hashlib.sha256()
         async with aiofiles.open(tmp, "wb") as out:
             async for chunk in resp.content.iter_chunked(_CHUNK):
                 size += len(chunk)
@@ -200,10 +215,11 @@ class ZImageClient:
                     raise PermanentApiError(
                         f"image exceeds --max-image-bytes ({self._max_image_bytes})"
                     )
-                if len(head) < 16:
-                    head = (head + chunk)[:16]
+                if len(head) < _HEAD_BYTES:
+                    head = (head + chunk)[:_HEAD_BYTES]
+                digest.update(chunk)
                 await out.write(chunk)
-        return size, head
+        return size, head, digest.hexdigest()
 
 
 def _raise_for_download_status(status: int, retry_after: str | None) -> None:

@@ -1,15 +1,15 @@
 """The exception tree of the batch runner; this module imports nothing from the package.
 
-    BatchRunnerError
-    ├── ManifestError (also ValueError)   bad input: file, line, field
-    ├── LedgerError                        the ledger cannot be read or written
-    ├── RunLockedError                     another run holds the run directory
-    └── ApiError                           anything the API said or failed to say
-        ├── TransientApiError              network, 429, 5xx, bad body, 9999: retry
-        │   └── TaskNotFoundError          a poll for a taskid the server does not know
-        ├── PermanentApiError              other 4xx, a failed task: no retry
-        ├── InsufficientCreditsError       code 9000: stop submitting, keep polling
-        └── AuthError                      the key was rejected: stop the run
+BatchRunnerError
+├── ManifestError (also ValueError)   bad input: file, line, field
+├── LedgerError                        the ledger cannot be read or written
+├── RunLockedError                     another run holds the run directory
+└── ApiError                           anything the API said or failed to say
+    ├── TransientApiError              network, 429, 5xx, bad body, 9999: retry
+    │   └── TaskNotFoundError          a poll for a taskid the server does not know
+    ├── PermanentApiError              other 4xx, a failed task: no retry
+    ├── InsufficientCreditsError       code 9000: stop submitting, keep polling
+    └── AuthError                      the key was rejected: stop the run
 """
 
 from __future__ import annotations

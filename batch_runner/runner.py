@@ -270,20 +270,23 @@ class Runner:
                     job, taskid, "task finished without image URLs", stage="generate"
                 )
                 return
-        files = await self._download_all(job, taskid, urls)
-        if files is None:
+        downloaded = await self._download_all(job, taskid, urls)
+        if downloaded is None:
             return
-        await self._ledger.append(
-            make_record(
-                job,
-                JobStatus.SUCCEEDED,
-                taskid=taskid,
-                urls=urls,
-                code=1000,
-                msg="ok",
-                files=files,
-            )
+        files, images = downloaded
+        record = make_record(
+            job,
+            JobStatus.SUCCEEDED,
+            taskid=taskid,
+            urls=urls,
+            code=1000,
+            msg="ok",
+            files=files,
         )
+        if images:
+            # facts about each file, so dataset metadata never rereads the images
+            record["images"] = images
+        await self._ledger.append(record)
         self.result.succeeded += 1
         self._progress.advance(succeeded=1)
 
@@ -414,10 +417,11 @@ class Runner:
 
     async def _download_all(
         self, job: JobSpec, taskid: str | None, urls: Sequence[str]
-    ) -> list[str] | None:
+    ) -> tuple[list[str], list[dict[str, object]]] | None:
         if not self._opt.download:
-            return []
+            return [], []
         files: list[str] = []
+        images: list[dict[str, object]] = []
         for index, url in enumerate(urls):
             stem = image_stem(job.job_id, index, len(urls))
             try:
@@ -438,8 +442,18 @@ class Runner:
                     exc=exc,
                 )
                 return None
-            files.append(_relative(downloaded.path, self._out_dir))
-        return files
+            rel = _relative(downloaded.path, self._out_dir)
+            files.append(rel)
+            images.append(
+                {
+                    "file": rel,
+                    "sha256": downloaded.sha256,
+                    "bytes": downloaded.size,
+                    "width": downloaded.width,
+                    "height": downloaded.height,
+                }
+            )
+        return files, images
 
     # -- helpers -------------------------------------------------------------
 
