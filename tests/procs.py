@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 KEY = "sk-SUBPROCESS-KEY-5f3a9c"
+#: the installed console script, beside the interpreter running the tests
+CONSOLE_SCRIPT = str(Path(sys.executable).parent / "batch-runner")
 
 
 @dataclass

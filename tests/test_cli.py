@@ -17,6 +17,7 @@ from batch_runner.cli import main
 from batch_runner.lock import RunLock
 
 from .procs import (
+    CONSOLE_SCRIPT,
     final_states,
     ledger_records,
     run_runner,
@@ -271,6 +272,6 @@ def test_second_run_on_same_directory_exits_4(tmp_path: Path) -> None:
 
 def test_help_lists_commands() -> None:
     """`batch-runner --help` runs and names the subcommands."""
-    res = subprocess.run(["batch-runner", "--help"], capture_output=True, text=True)
+    res = subprocess.run([CONSOLE_SCRIPT, "--help"], capture_output=True, text=True)
     assert res.returncode == 0
     assert "run" in res.stdout and "simulator" in res.stdout

@@ -15,6 +15,7 @@ import pytest
 from batch_runner.cli import main
 
 from .procs import (
+    CONSOLE_SCRIPT,
     KEY,
     final_states,
     ledger_records,
@@ -338,7 +339,7 @@ def test_fsync_flag_syncs_every_ledger_write(
 def test_cli_subprocess_help_mentions_every_run_flag() -> None:
     """Every documented run flag is accepted by the parser."""
     res = subprocess.run(
-        ["batch-runner", "run", "--help"], capture_output=True, text=True, check=True
+        [CONSOLE_SCRIPT, "run", "--help"], capture_output=True, text=True, check=True
     )
     for flag in (
         "--out",
