@@ -1,7 +1,7 @@
-"""Command line: parse, wire the pieces together, map outcomes to exit codes.
+"""Command line: parse arguments, wire the pieces, map outcomes to exit codes.
 
-This is the only module that reads argv or the environment, installs signal
-handlers, configures logging, or starts the built-in simulator.
+The only module that reads argv or the environment, installs logging, or starts
+the standalone simulator. Each command is a thin function over a library call.
 """
 
 from __future__ import annotations
@@ -9,33 +9,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
-import signal
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
-
 from batch_runner import __version__, simulator
-from batch_runner.client import DEFAULT_MAX_IMAGE_BYTES, ZImageClient
+from batch_runner.client import DEFAULT_MAX_IMAGE_BYTES
 from batch_runner.errors import BatchRunnerError, ManifestError, RunLockedError
-from batch_runner.ledger import LedgerWriter, read_ledger
+from batch_runner.exit_codes import ExitCode
 from batch_runner.lock import RunLock
+from batch_runner.logs import setup_logging
 from batch_runner.manifest import iter_jobs, validate_manifest
-from batch_runner.plan import Action, count_plan, work_items
-from batch_runner.progress import (
-    NullProgress,
-    Progress,
-    TqdmLoggingHandler,
-    TqdmProgress,
-)
-from batch_runner.retry import RetryPolicy
-from batch_runner.runner import Runner, RunOptions, RunResult, StopReason
+from batch_runner.progress import TqdmLoggingHandler
+from batch_runner.report import format_status, run_status, write_failed_csv
+from batch_runner.run_command import RunConfig, execute
+from batch_runner.sharding import Shard, choose_shard
 
 log = logging.getLogger("batch_runner")
 
@@ -43,22 +35,21 @@ DEFAULT_BASE_URL = "https://api.tensorslab.com"
 KEY_ENV = "TENSORSLAB_API_KEY"
 BASE_URL_ENV = "TENSORSLAB_BASE_URL"
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CREDITS = 3
-EXIT_LOCKED = 4
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
 
-
-# -- argument parsing ---------------------------------------------------------
+# -- argument types -------------------------------------------------------------
 
 
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -83,23 +74,40 @@ def _poll_interval(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="batch-runner",
-        description="Resumable batch text-to-image generation through the "
-        "TensorsLab Z-Image API.",
-    )
-    parser.add_argument("--version", action="version", version=__version__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
 
+
+# -- the parser -------------------------------------------------------------------
+
+
+def _add_location(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, help="run directory (default runs/<stem>)")
+    p.add_argument("--ledger", type=Path, help="ledger (default DIR/ledger.jsonl)")
+
+
+def _add_logging(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="log every retry")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="stderr log lines as text or one JSON object each (default text)",
+    )
+    p.add_argument("--log-file", type=Path, help="also append the log to this file")
+
+
+def _add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser(
         "run",
         help="run (or resume) a manifest of prompts",
         description="Run a manifest; rerunning the same command resumes it.",
     )
     run.add_argument("manifest", type=Path, help="YAML, CSV or JSONL manifest")
-    run.add_argument("--out", type=Path, help="run directory (default runs/<stem>)")
-    run.add_argument("--ledger", type=Path, help="ledger (default DIR/ledger.jsonl)")
+    _add_location(run)
     where = run.add_mutually_exclusive_group()
     where.add_argument(
         "--base-url",
@@ -110,90 +118,193 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run against the built-in Z-Image simulator (no key needed)",
     )
-    run.add_argument(
+    add = run.add_argument
+    add(
         "--concurrency",
         type=_positive_int,
         default=8,
         help="max jobs in flight (default 8)",
     )
-    run.add_argument(
+    add(
         "--rate",
         type=_positive_float,
-        default=None,
         help="max submits per second, evenly spaced (default: no limit)",
     )
-    run.add_argument(
+    add(
         "--retries",
         type=_non_negative_int,
         default=5,
         help="retries per request after the first try (default 5)",
     )
-    run.add_argument(
+    add(
         "--poll-interval",
         type=_poll_interval,
         default=1.0,
-        help="seconds between polls for the first minute (default 1.0)",
+        help="seconds between polls for a task's first minute (default 1.0)",
     )
-    run.add_argument(
+    add(
         "--job-timeout",
         type=_positive_float,
         default=900.0,
-        help="give up on a task still queued/processing after this "
-        "many seconds (default 900)",
+        help="give up on a task still queued/processing after this many seconds "
+        "(default 900)",
     )
-    run.add_argument(
+    add(
         "--request-timeout",
         type=_positive_float,
         default=60.0,
         help="timeout of one HTTP request in seconds (default 60)",
     )
-    run.add_argument(
+    add(
         "--grace",
-        type=float,
+        type=_non_negative_float,
         default=10.0,
-        help="on SIGINT/SIGTERM, seconds to let in-flight jobs finish",
+        help="on SIGINT/SIGTERM, seconds to let in-flight jobs finish (default 10)",
     )
-    run.add_argument(
+    add(
         "--retry-failed",
         action="store_true",
         help="run jobs the ledger records as failed again",
     )
-    run.add_argument(
+    add(
         "--no-download",
         dest="download",
         action="store_false",
         help="record image URLs without downloading them",
     )
-    run.add_argument(
+    add(
         "--max-image-bytes",
         type=_positive_int,
         default=DEFAULT_MAX_IMAGE_BYTES,
         help="refuse images larger than this (default 50 MiB)",
     )
-    run.add_argument(
+    add(
         "--fsync",
         action="store_true",
         help="fsync the ledger after each write (survives power loss)",
     )
-    run.add_argument(
+    add(
+        "--max-jobs",
+        type=_non_negative_int,
+        help="submit at most N new jobs in this run; the rest stays pending (exit 0)",
+    )
+    add(
+        "--max-failures",
+        type=_positive_int,
+        help="stop submitting after N permanent failures in a row (exit 1)",
+    )
+    add(
+        "--shard", metavar="I/N", help="run only shard I of N (0-based) of the manifest"
+    )
+    add(
+        "--shards",
+        type=_positive_int,
+        metavar="N",
+        help="number of shards when the shard index comes from "
+        "JOB_COMPLETION_INDEX (Kubernetes) or SLURM_ARRAY_TASK_ID (Slurm)",
+    )
+    add(
+        "--dry-run",
+        action="store_true",
+        help="validate, compare with the ledger and print the plan; send nothing",
+    )
+    add(
+        "--credits-per-image",
+        type=_non_negative_float,
+        help="with --dry-run: price of one image, to print the credits it would cost",
+    )
+    add(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar (default: on if stderr is a TTY)",
+        help="progress bar (default: on if stderr is a terminal)",
     )
-    run.add_argument("-v", "--verbose", action="store_true", help="log every retry")
-    run.add_argument(
+    _add_logging(run)
+    add(
         "--mock-fault-rate",
-        type=float,
+        type=_fraction,
         default=0.0,
         help="with --mock: fraction of requests the simulator faults",
     )
-    run.add_argument(
+    add(
         "--mock-generation-time",
-        type=float,
+        type=_non_negative_float,
         default=0.5,
-        help="with --mock: seconds the simulator takes per image",
+        help="with --mock: seconds the simulator takes per image (default 0.5)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batch-runner",
+        description="Resumable batch text-to-image generation through the "
+        "TensorsLab Z-Image API.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_parser(sub)
+
+    status = sub.add_parser(
+        "status",
+        help="where a run stands",
+        description="Totals by state, failure reasons, suspected duplicate "
+        "submits and images on disk, read from the ledger.",
+    )
+    status.add_argument(
+        "manifest",
+        type=Path,
+        nargs="?",
+        help="the run's manifest, to count pending jobs",
+    )
+    _add_location(status)
+    status.add_argument("--shard", metavar="I/N", help="the manifest's shard I of N")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+
+    failed = sub.add_parser(
+        "failed",
+        help="print the failed jobs as a CSV manifest",
+        description="Write the failed jobs as a CSV manifest on stdout (same ids and "
+        "parameters) and their failure reasons on stderr.",
+    )
+    failed.add_argument(
+        "manifest",
+        type=Path,
+        nargs="?",
+        help="the run's manifest (only names the default --out)",
+    )
+    _add_location(failed)
+
+    gallery = sub.add_parser(
+        "gallery",
+        help="write DIR/index.html, a contact sheet of the run",
+        description="Write a self-contained static HTML contact sheet of a run "
+        "directory that opens from disk.",
+    )
+    gallery.add_argument("run_dir", type=Path, metavar="DIR")
+
+    export = sub.add_parser(
+        "export",
+        help="export a run as WebDataset tar shards",
+        description="Export the succeeded images of a run directory as a dataset.",
+    )
+    export.add_argument("run_dir", type=Path, metavar="DIR")
+    export.add_argument("out", type=Path, metavar="OUT")
+    export.add_argument("--format", choices=("webdataset",), default="webdataset")
+    export.add_argument(
+        "--shard-size",
+        type=_positive_int,
+        default=1000,
+        help="samples per tar shard (default 1000)",
+    )
+
+    merge = sub.add_parser(
+        "merge",
+        help="combine shard run directories into one",
+        description="Merge run directories (ledgers and images) into OUT_DIR, "
+        "refusing conflicting results.",
+    )
+    merge.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    merge.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
 
     sim = sub.add_parser(
         "simulator",
@@ -204,215 +315,158 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# -- the run command ----------------------------------------------------------
+# -- commands -------------------------------------------------------------------
 
 
-ATTEMPTS_NAME = "attempts.jsonl"
-
-
-def remove_partial_downloads(images_dir: Path) -> None:
-    """`.part` files are downloads a crash interrupted; their jobs fetch again."""
-    if images_dir.is_dir():
-        for part in images_dir.glob(".*.part"):
-            part.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True, slots=True)
-class RunPaths:
-    out_dir: Path
-    ledger: Path
-
-
-def resolve_paths(manifest: Path, out: Path | None, ledger: Path | None) -> RunPaths:
-    out_dir = out if out is not None else Path("runs") / manifest.stem
-    return RunPaths(out_dir=out_dir, ledger=ledger or out_dir / "ledger.jsonl")
-
-
-def _setup_logging(verbose: bool, use_tqdm: bool) -> None:
-    handler: logging.Handler = (
-        TqdmLoggingHandler() if use_tqdm else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    root = logging.getLogger("batch_runner")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
+def _run_dir(manifest: Path | None, out: Path | None, shard: Shard | None) -> Path:
+    if out is not None:
+        return out
+    if manifest is None:
+        raise BatchRunnerError("give the run directory with --out DIR")
+    # each shard gets its own directory, so shards never contend for one lock
+    suffix = f"-{shard.label}" if shard is not None else ""
+    return Path("runs") / f"{manifest.stem}{suffix}"
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
     use_tqdm = sys.stderr.isatty() if ns.progress is None else ns.progress
-    _setup_logging(ns.verbose, use_tqdm)
-    if ns.mock:
-        api_key = os.environ.get(KEY_ENV) or "sim-" + secrets.token_hex(12)
-        base_url = None
+    try:
+        shard = choose_shard(ns.shard, ns.shards, os.environ)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return ExitCode.USAGE
+    if ns.mock or ns.dry_run:
+        api_key = os.environ.get(KEY_ENV, "").strip() or "sim-" + secrets.token_hex(12)
+        base_url = None if ns.mock else ns.base_url
     else:
         api_key = os.environ.get(KEY_ENV, "").strip()
-        base_url = ns.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         if not api_key:
             log.error(
                 "no API key: set %s (or use --mock to run on the simulator)", KEY_ENV
             )
-            return EXIT_USAGE
-
-    paths = resolve_paths(ns.manifest, ns.out, ns.ledger)
+            return ExitCode.USAGE
+    if not ns.mock:
+        base_url = ns.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    if shard is not None:
+        log.info("running %s (from %s)", shard.label, shard.source)
+    out_dir = _run_dir(ns.manifest, ns.out, shard)
+    cfg = RunConfig(
+        manifest=ns.manifest,
+        out_dir=out_dir,
+        ledger=ns.ledger or out_dir / "ledger.jsonl",
+        api_key=api_key,
+        base_url=base_url,
+        concurrency=ns.concurrency,
+        rate=ns.rate,
+        retries=ns.retries,
+        poll_interval=ns.poll_interval,
+        job_timeout=ns.job_timeout,
+        request_timeout=ns.request_timeout,
+        grace=ns.grace,
+        retry_failed=ns.retry_failed,
+        download=ns.download,
+        max_image_bytes=ns.max_image_bytes,
+        fsync=ns.fsync,
+        progress=use_tqdm and not ns.dry_run,
+        max_jobs=ns.max_jobs,
+        max_failures=ns.max_failures,
+        shard=shard,
+        dry_run=ns.dry_run,
+        credits_per_image=ns.credits_per_image,
+        mock_fault_rate=ns.mock_fault_rate,
+        mock_generation_time=ns.mock_generation_time,
+    )
+    lock: contextlib.AbstractContextManager[object] = (
+        contextlib.nullcontext() if ns.dry_run else RunLock(out_dir)
+    )
     try:
-        # the lock comes first so a second run exits 4 at once, before it spends
-        # time validating a large manifest
-        with RunLock(paths.out_dir):
+        # the lock comes first, so a second run exits 4 at once instead of
+        # spending time validating a large manifest
+        with lock:
             summary = validate_manifest(ns.manifest)
             for warning in summary.warnings:
                 log.warning("%s", warning)
-            return asyncio.run(_run(ns, paths, api_key, base_url, use_tqdm))
+            return execute(cfg)
     except RunLockedError as exc:
         log.error("%s", exc)
-        return EXIT_LOCKED
+        return ExitCode.LOCKED
     except ManifestError as exc:
         log.error("%s", exc)
-        return EXIT_USAGE
-    except BatchRunnerError as exc:
-        log.error("%s", exc)
-        return EXIT_FAILED
+        return ExitCode.USAGE
 
 
-async def _run(
-    ns: argparse.Namespace,
-    paths: RunPaths,
-    api_key: str,
-    base_url: str | None,
-    use_tqdm: bool,
-) -> int:
-    started = time.monotonic()
-    state = read_ledger(paths.ledger)
-    for warning in state.warnings:
-        log.warning("%s", warning)
-    counts = count_plan(iter_jobs(ns.manifest), state, retry_failed=ns.retry_failed)
-    c = counts.counts
-    log.info(
-        "%d jobs: %d to submit, %d to poll, %d already done, %d failed earlier%s",
-        counts.total,
-        c[Action.SUBMIT],
-        c[Action.POLL],
-        c[Action.DONE],
-        c[Action.SKIP_FAILED],
-        " (skipped; --retry-failed reruns them)" if c[Action.SKIP_FAILED] else "",
-    )
-
-    async with contextlib.AsyncExitStack() as stack:
-        if base_url is None:
-            sim = await stack.enter_async_context(
-                await simulator.start_simulator(
-                    simulator.SimulatorConfig(
-                        key=api_key,
-                        fault_rate=ns.mock_fault_rate,
-                        generation_time=ns.mock_generation_time,
-                        # a simulated hang ends in a 503 after 3 s: demos must not stall
-                        hang_time=min(3.0, ns.request_timeout),
-                    )
-                )
-            )
-            base_url = sim.url
-            log.info("using the built-in Z-Image simulator at %s", base_url)
-        session = await stack.enter_async_context(
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
-                raise_for_status=False,
-            )
-        )
-        client = ZImageClient(
-            session,
-            base_url,
-            api_key,
-            request_timeout=ns.request_timeout,
-            max_image_bytes=ns.max_image_bytes,
-        )
-        ledger = await stack.enter_async_context(
-            LedgerWriter(paths.ledger, fsync=ns.fsync, secrets=[api_key])
-        )
-        attempt_log = await stack.enter_async_context(
-            LedgerWriter(paths.out_dir / ATTEMPTS_NAME, fsync=ns.fsync)
-        )
-        remove_partial_downloads(paths.out_dir / "images")
-        progress: Progress = (
-            TqdmProgress(counts.in_scope)
-            if use_tqdm and counts.in_scope
-            else NullProgress()
-        )
-        stack.callback(progress.close)
-        runner = Runner(
-            client,
-            ledger,
-            RunOptions(
-                concurrency=ns.concurrency,
-                rate=ns.rate,
-                retry=RetryPolicy(attempts=ns.retries + 1),
-                poll_interval=ns.poll_interval,
-                job_timeout=ns.job_timeout,
-                download=ns.download,
-                grace=ns.grace,
-            ),
-            out_dir=paths.out_dir,
-            progress=progress,
-            attempt_log=attempt_log,
-            run_id=f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",
-        )
-        runner._progress = progress
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, runner.request_stop, signum)
-        try:
-            items = work_items(
-                iter_jobs(ns.manifest), state, retry_failed=ns.retry_failed
-            )
-            result = await runner.run(items)
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
-    return _finish(result, counts.in_scope, c[Action.SKIP_FAILED], started)
+def cmd_status(ns: argparse.Namespace) -> int:
+    shard = choose_shard(ns.shard, None, {}) if ns.shard else None
+    run_dir = _run_dir(ns.manifest, ns.out, shard)
+    ledger = ns.ledger or run_dir / "ledger.jsonl"
+    if not ledger.exists():
+        raise BatchRunnerError(f"no ledger at {ledger}: nothing has run there yet")
+    jobs = None
+    if ns.manifest is not None:
+        validate_manifest(ns.manifest)
+        jobs = iter_jobs(ns.manifest)
+        if shard is not None:
+            jobs = shard.select(jobs)
+    status = run_status(ledger, run_dir, jobs)
+    if ns.json:
+        print(json.dumps(status.to_json(), ensure_ascii=False))
+    else:
+        print(format_status(status, str(run_dir)))
+    return ExitCode.OK
 
 
-def _finish(
-    result: RunResult, in_scope: int, failed_before: int, started: float
-) -> int:
-    elapsed = time.monotonic() - started
-    pending = max(0, in_scope - result.succeeded - result.failed)
-    rate = result.succeeded / elapsed if elapsed > 0 else 0.0
-    extra = f", {failed_before} failed earlier" if failed_before else ""
-    print(
-        f"succeeded {result.succeeded}, failed {result.failed}, pending {pending}"
-        f"{extra}; {result.submits} submitted, {result.retries} retries; "
-        f"{elapsed:.1f}s, {rate:.2f} jobs/s",
-        flush=True,
-    )
-    if result.stop is StopReason.AUTH:
-        log.error("%s", result.stop_message)
-        return EXIT_USAGE
-    if result.stop is StopReason.LEDGER:
-        log.error("%s", result.stop_message)
-        return EXIT_FAILED
-    if result.stop is StopReason.SIGNAL:
-        log.warning("interrupted; rerun the same command to resume")
-        return EXIT_SIGTERM if result.signal == signal.SIGTERM else EXIT_SIGINT
-    if result.stop is StopReason.CREDITS:
-        log.error(
-            "stopped: insufficient credits (%s); %d job(s) left pending for the "
-            "next run",
-            result.stop_message,
-            pending,
-        )
-        return EXIT_CREDITS
-    if result.failed or failed_before or pending:
-        return EXIT_FAILED
-    return EXIT_OK
+def cmd_failed(ns: argparse.Namespace) -> int:
+    run_dir = _run_dir(ns.manifest, ns.out, None)
+    ledger = ns.ledger or run_dir / "ledger.jsonl"
+    if not ledger.exists():
+        raise BatchRunnerError(f"no ledger at {ledger}")
+    count = write_failed_csv(ledger, sys.stdout, sys.stderr)
+    log.info("%d failed job(s)", count)
+    return ExitCode.OK
 
 
-# -- the simulator command ----------------------------------------------------
+def cmd_gallery(ns: argparse.Namespace) -> int:
+    from batch_runner.gallery import write_gallery
+
+    path = write_gallery(ns.run_dir)
+    print(path)
+    return ExitCode.OK
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    from batch_runner.dataset import export_webdataset
+
+    shards = export_webdataset(ns.run_dir, ns.out, ns.shard_size)
+    for shard in shards:
+        print(shard)
+    log.info("%d shard(s) written to %s", len(shards), ns.out)
+    return ExitCode.OK
+
+
+def cmd_merge(ns: argparse.Namespace) -> int:
+    from batch_runner.merge import merge_runs
+
+    report = merge_runs(ns.out_dir, ns.run_dirs)
+    log.info("merged %s", report)
+    return ExitCode.OK
 
 
 def cmd_simulator(ns: argparse.Namespace) -> int:
     config = simulator.config_from_args(ns)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(simulator.serve_forever(config, ns.host, ns.port))
-    return EXIT_OK
+    return ExitCode.OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "failed": cmd_failed,
+    "gallery": cmd_gallery,
+    "export": cmd_export,
+    "merge": cmd_merge,
+    "simulator": cmd_simulator,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -421,6 +475,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
-    if ns.command == "run":
-        return cmd_run(ns)
-    return cmd_simulator(ns)
+    use_tqdm = ns.command == "run" and (
+        sys.stderr.isatty() if ns.progress is None else ns.progress
+    )
+    setup_logging(
+        verbose=getattr(ns, "verbose", False),
+        fmt=getattr(ns, "log_format", "text"),
+        log_file=getattr(ns, "log_file", None),
+        console=TqdmLoggingHandler() if use_tqdm else None,
+        secrets=[os.environ.get(KEY_ENV, "")],
+    )
+    try:
+        return int(COMMANDS[ns.command](ns))
+    except ManifestError as exc:
+        log.error("%s", exc)
+        return ExitCode.USAGE
+    except (BatchRunnerError, ValueError) as exc:
+        log.error("%s", exc)
+        return ExitCode.FAILED

@@ -59,6 +59,22 @@ class StopReason(enum.StrEnum):
     AUTH = "auth"
     SIGNAL = "signal"
     LEDGER = "ledger"
+    #: --max-jobs reached: a planned stop, the rest waits for the next run
+    BUDGET = "budget"
+    #: --max-failures consecutive permanent failures: the API looks broken
+    FAILURES = "failures"
+
+
+#: when several reasons to stop arise, the exit code reports the strongest
+_PRIORITY = {
+    StopReason.NONE: 0,
+    StopReason.BUDGET: 1,
+    StopReason.FAILURES: 2,
+    StopReason.CREDITS: 3,
+    StopReason.SIGNAL: 4,
+    StopReason.LEDGER: 5,
+    StopReason.AUTH: 6,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +86,10 @@ class RunOptions:
     job_timeout: float = 900.0
     download: bool = True
     grace: float = 10.0
+    #: submit at most this many new jobs in this run
+    max_jobs: int | None = None
+    #: stop submitting after this many permanent failures in a row
+    max_failures: int | None = None
 
 
 @dataclass(slots=True)
@@ -117,6 +137,8 @@ class Runner:
         self._no_new_submits = False
         self._stopping = False
         self._grace_timer: asyncio.TimerHandle | None = None
+        self._new_jobs_started = 0
+        self._failures_in_a_row = 0
         self.result = RunResult()
 
     # -- stopping --------------------------------------------------------
@@ -131,9 +153,9 @@ class Runner:
             return
         self._stopping = True
         self._no_new_submits = True
-        if self.result.stop is StopReason.NONE:
+        if _PRIORITY[StopReason.SIGNAL] > _PRIORITY[self.result.stop]:
             self.result.stop = StopReason.SIGNAL
-            self.result.signal = signum
+        self.result.signal = signum
         log.warning(
             "stopping: no new jobs; waiting up to %.0fs for %d in-flight job(s)",
             self._opt.grace,
@@ -152,7 +174,7 @@ class Runner:
                 task.cancel()
 
     def _stop_now(self, reason: StopReason, message: str) -> None:
-        if self.result.stop in (StopReason.NONE, StopReason.CREDITS):
+        if _PRIORITY[reason] > _PRIORITY[self.result.stop]:
             self.result.stop = reason
             self.result.stop_message = message
         self._stopping = True
@@ -216,8 +238,17 @@ class Runner:
             item = await queue.get()
             if item is None or self._stopping:
                 return
-            if item.taskid is None and self._no_new_submits:
-                continue  # left pending for the next run (credits ran out)
+            if item.taskid is None:
+                if self._no_new_submits:
+                    continue  # left pending for the next run
+                if self._budget_spent():
+                    # only the dispatcher stops: jobs already let through still
+                    # submit, or the budget would not be spent
+                    self._note_stop(
+                        StopReason.BUDGET, f"--max-jobs {self._opt.max_jobs} reached"
+                    )
+                    continue
+                self._new_jobs_started += 1
             await self._slots.acquire()
             if self._stopping:
                 self._slots.release()
@@ -287,6 +318,7 @@ class Runner:
             # facts about each file, so dataset metadata never rereads the images
             record["images"] = images
         await self._ledger.append(record)
+        self._failures_in_a_row = 0
         self.result.succeeded += 1
         self._progress.advance(succeeded=1)
 
@@ -483,17 +515,26 @@ class Runner:
                 )
                 await asyncio.sleep(delay)
 
-    def _credits_exhausted(self, exc: InsufficientCreditsError) -> None:
+    def _budget_spent(self) -> bool:
+        limit = self._opt.max_jobs
+        return limit is not None and self._new_jobs_started >= limit
+
+    def _halt_submits(self, reason: StopReason, message: str) -> None:
+        """Stop new submits but let submitted tasks finish (credits, budgets)."""
         if not self._no_new_submits:
-            log.warning(
-                "insufficient credits (code 9000: %s): no new submits; "
-                "in-flight tasks will still be collected",
-                exc.message,
-            )
+            log.warning("no new submits: %s; in-flight tasks will finish", message)
         self._no_new_submits = True
-        if self.result.stop is StopReason.NONE:
-            self.result.stop = StopReason.CREDITS
-            self.result.stop_message = exc.message
+        self._note_stop(reason, message)
+
+    def _note_stop(self, reason: StopReason, message: str) -> None:
+        if _PRIORITY[reason] > _PRIORITY[self.result.stop]:
+            self.result.stop = reason
+            self.result.stop_message = message
+
+    def _credits_exhausted(self, exc: InsufficientCreditsError) -> None:
+        self._halt_submits(
+            StopReason.CREDITS, f"insufficient credits (code 9000: {exc.message})"
+        )
 
     async def _record_failed(
         self,
@@ -526,6 +567,15 @@ class Runner:
         )
         log.warning("job %s failed at %s: %s", job.job_id, stage, msg)
         self.result.failed += 1
+        self._failures_in_a_row += 1
+        limit = self._opt.max_failures
+        if limit is not None and self._failures_in_a_row >= limit:
+            self._halt_submits(
+                StopReason.FAILURES,
+                f"{self._failures_in_a_row} permanent failures in a row "
+                f"(--max-failures {limit}); the API may be down or rejecting "
+                f"every job (last: {msg})",
+            )
         self._progress.advance(failed=1)
 
 

@@ -47,8 +47,8 @@ def test_sample_manifest_runs_and_reruns_as_a_no_op(
         "0.05",
     ]
     assert main(args) == 0
-    summary = capsys.readouterr().out
-    assert "succeeded 12, failed 0, pending 0" in summary
+    summary = capsys.readouterr().err
+    assert "summary: succeeded 12, failed 0, pending 0" in summary
     lines = (out / "ledger.jsonl").read_text().splitlines()
     states = final_states(out / "ledger.jsonl")
     assert len(states) == 12
@@ -64,7 +64,7 @@ def test_sample_manifest_runs_and_reruns_as_a_no_op(
         "batch": 7,
     }
     assert main(args) == 0
-    assert "succeeded 0, failed 0, pending 0" in capsys.readouterr().out
+    assert "succeeded 0, failed 0, pending 0" in capsys.readouterr().err
     assert (out / "ledger.jsonl").read_text().splitlines() == lines
 
 

@@ -94,7 +94,7 @@ def test_chaos_every_fault_kind_nothing_lost_nothing_duplicated(tmp_path: Path) 
     assert set(succeeded_lines.values()) == {1}
     assert len(list((out / "images").glob("*.png"))) == good
     assert not list((out / "images").glob(".*"))
-    assert f"succeeded {good}, failed {doomed}, pending 0" in res.stdout
+    assert f"succeeded {good}, failed {doomed}, pending 0" in res.stderr
     everything = res.stdout + res.stderr
     for path in out.rglob("*"):
         if path.is_file():
