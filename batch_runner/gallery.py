@@ -1,0 +1,500 @@
+"""A static HTML contact sheet of a run directory: `DIR/index.html`.
+
+The page opens straight from disk (file://): CSS and JS are inline, images are
+linked by relative paths, and a Content-Security-Policy pinned to the hashes of
+our own style and script means that even a prompt which slipped past escaping
+could not run code.
+
+The ledger is read twice instead of held in memory: the first pass keeps one
+small tuple per job (where its last record is, its status, its image count)
+and the totals; the second renders only those last records, and stops as soon
+as the capped grid and failure list are full. A million-job ledger therefore
+costs a few hundred MB at most and the page stays a few MB.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import os
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, Final, TextIO
+from urllib.parse import quote
+
+from batch_runner.errors import LedgerError
+from batch_runner.ledger import iter_records, utc_now_iso
+
+GALLERY_NAME: Final = "index.html"
+DEFAULT_MAX_IMAGES: Final = 5_000
+DEFAULT_MAX_FAILED: Final = 1_000
+# alt text is for screen readers and broken images; past this it only bloats
+_MAX_ALT_CHARS: Final = 500
+
+_SUCCEEDED: Final = "succeeded"
+_FAILED: Final = "failed"
+_SUBMITTED: Final = "submitted"
+
+_CSS: Final = """
+:root { color-scheme: light dark; --bg: #f6f7f9; --fg: #1c1f24; --muted: #5f6670;
+  --card: #fff; --line: #dde1e6; --thumb: #eceff3; --bad: #b3261e; --good: #1b7f3b;
+  --warn: #8a5a00; --accent: #2f5bd3; }
+@media (prefers-color-scheme: dark) {
+  :root { --bg: #16181c; --fg: #e6e8eb; --muted: #9aa1ab; --card: #1f2227;
+    --line: #33373e; --thumb: #2a2e35; --bad: #ff8a80; --good: #7bd88f;
+    --warn: #f0c36d; --accent: #8fb0ff; }
+}
+* { box-sizing: border-box; }
+[hidden] { display: none !important; }
+body { margin: 0; background: var(--bg); color: var(--fg);
+  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+header { padding: 18px 24px 0; }
+h1 { margin: 0 0 10px; font-size: 22px; font-weight: 650; overflow-wrap: anywhere; }
+h2 { font-size: 17px; margin: 28px 0 10px; }
+.totals { display: flex; flex-wrap: wrap; gap: 8px; margin: 0; }
+.totals div { background: var(--card); border: 1px solid var(--line);
+  border-radius: 8px; padding: 6px 12px; min-width: 92px; }
+.totals dt { font-size: 11px; text-transform: uppercase; letter-spacing: .04em;
+  color: var(--muted); }
+.totals dd { margin: 0; font-size: 18px; font-weight: 600;
+  font-variant-numeric: tabular-nums; }
+.totals .when dd { font-size: 13px; font-weight: 500; padding-top: 4px; }
+.totals .ok dd { color: var(--good); }
+.totals .bad dd, .totals .bad a { color: var(--bad); }
+.totals .busy dd { color: var(--warn); }
+.toolbar { position: sticky; top: 0; z-index: 2; display: flex; gap: 12px;
+  align-items: center; padding: 12px 24px; background: var(--bg);
+  border-bottom: 1px solid var(--line); }
+.toolbar input { flex: 0 1 420px; font: inherit; padding: 7px 10px;
+  border: 1px solid var(--line); border-radius: 6px; background: var(--card);
+  color: var(--fg); }
+.toolbar output { color: var(--muted); font-variant-numeric: tabular-nums; }
+main { padding: 0 24px 32px; }
+.notice { background: var(--card); border: 1px solid var(--line);
+  border-left: 4px solid var(--warn); border-radius: 6px; padding: 8px 12px; }
+.grid { display: grid; gap: 14px; margin-top: 16px;
+  grid-template-columns: repeat(auto-fill, minmax(190px, 1fr)); }
+.card { margin: 0; display: flex; flex-direction: column; background: var(--card);
+  border: 1px solid var(--line); border-radius: 8px; overflow: hidden; }
+.thumb { display: block; position: relative; aspect-ratio: 1;
+  background: var(--thumb); }
+/* taken out of the flow so a tall image cannot stretch its square */
+.thumb img { position: absolute; inset: 0; width: 100%; height: 100%;
+  object-fit: contain; }
+.thumb.missing { display: flex; align-items: center; justify-content: center;
+  color: var(--muted); font-size: 12px; padding: 8px; text-align: center; }
+figcaption { padding: 8px 10px 10px; display: flex; flex-direction: column;
+  gap: 4px; }
+.prompt { margin: 0; max-height: 5.9em; overflow: auto; overflow-wrap: anywhere; }
+.facts { margin: 0; color: var(--muted); font-size: 12px;
+  font-variant-numeric: tabular-nums; }
+.facts b { font-weight: 500; color: var(--fg); }
+code, .id { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+  overflow-wrap: anywhere; }
+.id { margin: 0; color: var(--muted); }
+.meta { margin: 0; font-size: 12px; color: var(--accent); overflow-wrap: anywhere; }
+.empty { color: var(--muted); padding: 24px 0; }
+table { border-collapse: collapse; width: 100%; background: var(--card);
+  border: 1px solid var(--line); }
+th, td { text-align: left; vertical-align: top; padding: 6px 10px;
+  border-bottom: 1px solid var(--line); overflow-wrap: anywhere; }
+th { font-size: 12px; color: var(--muted); font-weight: 600; }
+td.msg { color: var(--bad); }
+footer { color: var(--muted); font-size: 12px; padding: 0 24px 24px; }
+"""
+
+# Reads the data attributes and never writes HTML: user text only ever reaches
+# the page through the escaped markup, so the script cannot inject it.
+_JS: Final = """
+(function () {
+  "use strict";
+  var input = document.getElementById("filter");
+  var shown = document.getElementById("shown");
+  var empty = document.getElementById("no-match");
+  var cards = Array.prototype.slice.call(document.querySelectorAll(".card"));
+  function apply() {
+    var needle = input.value.trim().toLowerCase();
+    var n = 0;
+    for (var i = 0; i < cards.length; i++) {
+      var hit = !needle || cards[i].dataset.search.indexOf(needle) !== -1;
+      cards[i].hidden = !hit;
+      if (hit) n++;
+    }
+    shown.textContent = n.toLocaleString("en-US") + " shown";
+    empty.hidden = n !== 0 || cards.length === 0;
+  }
+  input.addEventListener("input", apply);
+  document.addEventListener("keydown", function (e) {
+    if (e.key === "/" && document.activeElement !== input) {
+      e.preventDefault();
+      input.focus();
+    }
+  });
+  apply();
+})();
+"""
+
+
+def _csp_hash(source: str) -> str:
+    digest = hashlib.sha256(source.encode("utf-8")).digest()
+    return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
+
+
+# `file:` because Chromium does not count a file:// page's siblings as 'self';
+# data: only for the empty favicon that stops a browser from asking for one
+_CSP: Final = "; ".join(
+    [
+        "default-src 'none'",
+        "img-src 'self' file: data:",
+        f"style-src {_csp_hash(_CSS)}",
+        f"script-src {_csp_hash(_JS)}",
+        "base-uri 'none'",
+        "form-action 'none'",
+    ]
+)
+
+
+@dataclass(slots=True)
+class _Scan:
+    """Pass one: each job's last record, by its position among the records."""
+
+    # job_id -> (index of its last record, its status, images it has)
+    last: dict[str, tuple[int, str, int]] = field(default_factory=dict)
+    first_ts: tuple[datetime, str] | None = None
+    last_ts: tuple[datetime, str] | None = None
+
+    def count(self, status: str) -> int:
+        return sum(1 for _, s, _ in self.last.values() if s == status)
+
+    @property
+    def images(self) -> int:
+        return sum(n for _, s, n in self.last.values() if s == _SUCCEEDED)
+
+
+def _parse_ts(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    # the ledger writes UTC; a hand-written naive stamp is taken to mean UTC too,
+    # since naive and aware datetimes cannot be compared
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _image_files(record: Mapping[str, Any]) -> list[str]:
+    files = record.get("files")
+    if isinstance(files, list):
+        return [f for f in files if isinstance(f, str)]
+    images = record.get("images")
+    if isinstance(images, list):
+        return [
+            i["file"]
+            for i in images
+            if isinstance(i, dict) and isinstance(i.get("file"), str)
+        ]
+    return []
+
+
+def _scan(ledger_path: Path) -> _Scan:
+    scan = _Scan()
+    for index, record in enumerate(iter_records(ledger_path)):
+        status = record["status"]
+        n_images = len(_image_files(record)) if status == _SUCCEEDED else 0
+        scan.last[record["job_id"]] = (index, status, n_images)
+        ts = _parse_ts(record.get("ts"))
+        if ts is not None:
+            if scan.first_ts is None or ts < scan.first_ts[0]:
+                scan.first_ts = (ts, record["ts"])
+            if scan.last_ts is None or ts > scan.last_ts[0]:
+                scan.last_ts = (ts, record["ts"])
+    return scan
+
+
+def _last_records(ledger_path: Path, scan: _Scan) -> Iterator[dict[str, Any]]:
+    """Pass two: each job's last record as of pass one, in ledger order.
+
+    Positions are stable because the ledger is append-only: records a live run
+    appends meanwhile come after them and are ignored.
+    """
+    for index, record in enumerate(iter_records(ledger_path)):
+        known = scan.last.get(record["job_id"])
+        if known is not None and known[0] == index:
+            yield record
+
+
+# -- rendering ---------------------------------------------------------------
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _meta_text(meta: object) -> str:
+    if not isinstance(meta, dict) or not meta:
+        return ""
+    parts = []
+    for key, value in meta.items():
+        shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        parts.append(f"{key}={shown}")
+    return " ".join(parts)
+
+
+def _search_text(record: Mapping[str, Any], *extra: str) -> str:
+    parts = [
+        _text(record.get("prompt")),
+        record["job_id"],
+        _meta_text(record.get("meta")),
+        *extra,
+    ]
+    return "\n".join(p for p in parts if p).lower()
+
+
+def _seed_text(seed: object) -> str:
+    # bool is an int subclass; a hand-edited `true` is not a seed
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return str(seed)
+    return "random"
+
+
+def _safe_path(file: str) -> str | None:
+    """The ledger's file path as a relative POSIX path, or None if it leaves DIR."""
+    path = PurePosixPath(file.replace("\\", "/"))
+    if not path.parts or path.is_absolute() or ".." in path.parts:
+        return None
+    if ":" in path.parts[0]:  # a Windows drive ("C:") or a URL scheme
+        return None
+    return path.as_posix()
+
+
+def _when(stamp: tuple[datetime, str] | None) -> str:
+    if stamp is None:
+        return "—"
+    moment, raw = stamp
+    shown = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f'<time datetime="{_e(raw)}">{_e(shown)}</time>'
+
+
+def _card(
+    run_dir: Path,
+    record: Mapping[str, Any],
+    file: str,
+    dims: Mapping[str, tuple[int, int]],
+) -> str:
+    prompt = _text(record.get("prompt"))
+    resolution = _text(record.get("resolution")) or "—"
+    seed = _seed_text(record.get("seed"))
+    meta = _meta_text(record.get("meta"))
+    rel = _safe_path(file)
+    if rel is None:
+        thumb = f'<div class="thumb missing">not shown: unsafe path {_e(file)}</div>'
+    elif not (run_dir / rel).is_file():
+        thumb = f'<div class="thumb missing">missing file {_e(file)}</div>'
+    else:
+        src = quote(rel, safe="/")
+        alt = prompt if len(prompt) <= _MAX_ALT_CHARS else prompt[:_MAX_ALT_CHARS] + "…"
+        size = ""
+        if file in dims:
+            size = ' width="{}" height="{}"'.format(*dims[file])
+        thumb = (
+            f'<a class="thumb" href="{_e(src)}">'
+            f'<img src="{_e(src)}" loading="lazy" decoding="async" alt="{_e(alt)}"'
+            f"{size}></a>"
+        )
+    meta_html = f'<p class="meta">{_e(meta)}</p>' if meta else ""
+    return (
+        f'<figure class="card" data-search="{_e(_search_text(record, file))}">'
+        f"{thumb}<figcaption>"
+        f'<p class="prompt">{_e(prompt)}</p>'
+        f'<p class="facts">seed <b>{_e(seed)}</b> · <b>{_e(resolution)}</b></p>'
+        f'<p class="id">{_e(record["job_id"])}</p>'
+        f"{meta_html}</figcaption></figure>\n"
+    )
+
+
+def _failed_row(record: Mapping[str, Any]) -> str:
+    stage = _text(record.get("stage")) or "—"
+    msg = str(record.get("msg") or "") or "(no message)"
+    ts = _parse_ts(record.get("ts"))
+    when = _when((ts, record["ts"])) if ts is not None else "—"
+    return (
+        f'<tr data-search="{_e(_search_text(record, msg))}">'
+        f"<td><code>{_e(record['job_id'])}</code></td>"
+        f"<td>{_e(stage)}</td>"
+        f'<td class="msg">{_e(msg)}</td>'
+        f"<td>{_e(_text(record.get('prompt')))}</td>"
+        f"<td>{when}</td></tr>\n"
+    )
+
+
+def _dims(record: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    images = record.get("images")
+    if not isinstance(images, list):
+        return out
+    for image in images:
+        if not isinstance(image, dict):
+            continue
+        file, w, h = image.get("file"), image.get("width"), image.get("height")
+        if isinstance(file, str) and isinstance(w, int) and isinstance(h, int):
+            out[file] = (w, h)
+    return out
+
+
+def _head(title: str) -> str:
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{_e(_CSP)}">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<meta name="referrer" content="no-referrer">\n'
+        '<link rel="icon" href="data:,">\n'
+        f"<title>{_e(title)}</title>\n"
+        f"<style>{_CSS}</style>\n"
+        "</head><body>\n"
+    )
+
+
+def _header(title: str, scan: _Scan, planned_cards: int) -> str:
+    def total(key: str, label: str, value: str, css: str = "") -> str:
+        cls = f' class="{css}"' if css else ""
+        return f'<div{cls}><dt>{label}</dt><dd data-total="{key}">{value}</dd></div>'
+
+    failed = scan.count(_FAILED)
+    in_flight = scan.count(_SUBMITTED)
+    failed_label = '<a href="#failed">failed</a>' if failed else "failed"
+    return (
+        f"<header><h1>{_e(title)}</h1>\n"
+        '<dl class="totals">'
+        + total("succeeded", "succeeded", f"{scan.count(_SUCCEEDED):,}", "ok")
+        + total("failed", failed_label, f"{failed:,}", "bad" if failed else "")
+        + total("submitted", "in flight", f"{in_flight:,}", "busy" if in_flight else "")
+        + total("jobs", "jobs", f"{len(scan.last):,}")
+        + total("images", "images", f"{scan.images:,}")
+        + total("first", "first record", _when(scan.first_ts), "when")
+        + total("last", "last record", _when(scan.last_ts), "when")
+        + "</dl></header>\n"
+        '<div class="toolbar">'
+        '<input type="search" id="filter" autocomplete="off" spellcheck="false" '
+        'placeholder="Filter by prompt, job id or meta  ( / )" '
+        'aria-label="Filter images by prompt, job id or meta">'
+        f'<output id="shown" for="filter" aria-live="polite">'
+        f"{planned_cards:,} shown</output></div>\n"
+    )
+
+
+def _render(
+    out: TextIO,
+    run_dir: Path,
+    ledger_path: Path,
+    title: str,
+    max_images: int,
+    max_failed: int,
+) -> None:
+    scan = _scan(ledger_path)
+    total_images = scan.images
+    planned_cards = min(max_images, total_images)
+    n_failed = scan.count(_FAILED)
+    planned_failed = min(max_failed, n_failed)
+
+    out.write(_head(title))
+    out.write(_header(title, scan, planned_cards))
+    out.write("<main>\n")
+    if planned_cards < total_images:
+        out.write(
+            f'<p class="notice" id="capped">Showing the first {planned_cards:,} of '
+            f"{total_images:,} images, in the order their jobs finished; the "
+            "filter searches only these. Every image is in <code>images/</code> "
+            f"and listed in <code>{_e(ledger_path.name)}</code>.</p>\n"
+        )
+    if total_images == 0:
+        out.write('<p class="empty">No images yet.</p>\n')
+    out.write('<p class="empty" id="no-match" hidden>No image matches the filter.</p>')
+    out.write('<section class="grid" id="grid" aria-label="Images">\n')
+
+    cards = 0
+    failed_rows: list[str] = []
+    for record in _last_records(ledger_path, scan):
+        if cards >= planned_cards and len(failed_rows) >= planned_failed:
+            break  # both lists are full: the rest of the ledger cannot change them
+        status = record["status"]
+        if status == _SUCCEEDED and cards < planned_cards:
+            dims = _dims(record)
+            for file in _image_files(record)[: planned_cards - cards]:
+                out.write(_card(run_dir, record, file, dims))
+                cards += 1
+        elif status == _FAILED and len(failed_rows) < planned_failed:
+            failed_rows.append(_failed_row(record))
+    out.write("</section>\n")
+
+    if n_failed:
+        out.write(
+            f'<section id="failed"><h2>Failed jobs ({n_failed:,})</h2>\n'
+            "<table><thead><tr><th>job</th><th>stage</th><th>reason</th>"
+            "<th>prompt</th><th>when</th></tr></thead><tbody>\n"
+        )
+        out.writelines(failed_rows)
+        out.write("</tbody></table>\n")
+        if n_failed > len(failed_rows):
+            out.write(
+                f'<p class="notice">{n_failed - len(failed_rows):,} more failed '
+                f"jobs are not listed; see <code>{_e(ledger_path.name)}</code>.</p>\n"
+            )
+        out.write("</section>\n")
+
+    out.write(
+        f"</main>\n<footer>Generated {_e(utc_now_iso())} from "
+        f"<code>{_e(ledger_path.name)}</code>.</footer>\n"
+        f"<script>{_JS}</script>\n</body></html>\n"
+    )
+
+
+def write_gallery(
+    run_dir: Path,
+    ledger_path: Path | None = None,
+    *,
+    title: str | None = None,
+    max_images: int = DEFAULT_MAX_IMAGES,
+    max_failed: int = DEFAULT_MAX_FAILED,
+) -> Path:
+    """Write `run_dir/index.html`, a self-contained contact sheet of the run.
+
+    The grid shows the first `max_images` images (in the order their jobs
+    finished) and the failure list the first `max_failed` failed jobs; the
+    totals always count the whole ledger. Raises LedgerError if the ledger is
+    missing, so a mistyped directory does not get an empty page.
+    """
+    if max_images < 0 or max_failed < 0:
+        raise ValueError("max_images and max_failed must be >= 0")
+    ledger_path = ledger_path if ledger_path is not None else run_dir / "ledger.jsonl"
+    if not ledger_path.is_file():
+        raise LedgerError(f"no ledger at {ledger_path}")
+    if title is None:
+        title = f"{run_dir.resolve().name or run_dir} — gallery"
+
+    target = run_dir / GALLERY_NAME
+    # a name of our own (not mkstemp) so the page gets the umask's usual
+    # permissions, readable by a web server if the directory is served
+    tmp = run_dir / f".{GALLERY_NAME}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        # a lone surrogate from a JSON escape cannot be UTF-8: it becomes a '?'
+        with open(fd, "w", encoding="utf-8", errors="replace", newline="\n") as out:
+            _render(out, run_dir, ledger_path, title, max_images, max_failed)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
