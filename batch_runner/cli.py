@@ -67,6 +67,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _concurrency(text: str) -> int | None:
+    """A positive int, or None for 'auto'."""
+    if text.strip().lower() == "auto":
+        return None
+    return _positive_int(text)
+
+
 def _poll_interval(text: str) -> float:
     value = float(text)
     if not value >= 0.01:
@@ -121,9 +128,16 @@ def _add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add = run.add_argument
     add(
         "--concurrency",
-        type=_positive_int,
+        type=_concurrency,
         default=8,
-        help="max jobs in flight (default 8)",
+        help="max jobs in flight, or 'auto' to find the API's limit by AIMD "
+        "(default 8)",
+    )
+    add(
+        "--max-concurrency",
+        type=_positive_int,
+        default=256,
+        help="with --concurrency auto: the ceiling (default 256)",
     )
     add(
         "--rate",
@@ -356,7 +370,9 @@ def cmd_run(ns: argparse.Namespace) -> int:
         ledger=ns.ledger or out_dir / "ledger.jsonl",
         api_key=api_key,
         base_url=base_url,
-        concurrency=ns.concurrency,
+        concurrency=ns.concurrency or ns.max_concurrency,
+        adaptive=ns.concurrency is None,
+        max_concurrency=ns.max_concurrency,
         rate=ns.rate,
         retries=ns.retries,
         poll_interval=ns.poll_interval,

@@ -46,6 +46,8 @@ class RunConfig:
     #: None means: start the built-in simulator (--mock)
     base_url: str | None
     concurrency: int = 8
+    adaptive: bool = False
+    max_concurrency: int = 256
     rate: float | None = None
     retries: int = 5
     poll_interval: float = 1.0
@@ -173,6 +175,8 @@ async def _run(cfg: RunConfig, state: ResumeState, counts: PlanCounts) -> RunRes
             ledger,
             RunOptions(
                 concurrency=cfg.concurrency,
+                adaptive=cfg.adaptive,
+                max_concurrency=cfg.max_concurrency,
                 rate=cfg.rate,
                 retry=RetryPolicy(attempts=cfg.retries + 1),
                 poll_interval=cfg.poll_interval,
@@ -206,14 +210,16 @@ def finish(result: RunResult, counts: PlanCounts, started: float) -> int:
     rate = result.succeeded / elapsed if elapsed > 0 else 0.0
     extra = f", {failed_before} failed earlier" if failed_before else ""
     log.info(
-        "summary: succeeded %d, failed %d, pending %d%s; %d submitted, %d retries; "
-        "%.1fs, %.2f jobs/s",
+        "summary: succeeded %d, failed %d, pending %d%s; %d submitted, %d retries "
+        "(%d throttled); peak concurrency %d; %.1fs, %.2f jobs/s",
         result.succeeded,
         result.failed,
         pending,
         extra,
         result.submits,
         result.retries,
+        result.throttled,
+        result.peak_concurrency,
         elapsed,
         rate,
         extra={
@@ -224,6 +230,8 @@ def finish(result: RunResult, counts: PlanCounts, started: float) -> int:
                 "failed_earlier": failed_before,
                 "submitted": result.submits,
                 "retries": result.retries,
+                "throttled": result.throttled,
+                "peak_concurrency": result.peak_concurrency,
                 "elapsed_s": round(elapsed, 3),
                 "jobs_per_s": round(rate, 3),
                 "stop": result.stop.value,

@@ -30,7 +30,7 @@ from batch_runner.errors import (
 )
 from batch_runner.images import image_stem
 from batch_runner.ledger import LedgerWriter, make_record, utc_now_iso
-from batch_runner.limits import RateLimiter
+from batch_runner.limits import AimdConcurrency, RateLimiter
 from batch_runner.models import JobSpec, JobStatus
 from batch_runner.plan import WorkItem
 from batch_runner.progress import NullProgress, Progress
@@ -80,6 +80,11 @@ _PRIORITY = {
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     concurrency: int = 8
+    #: find the concurrency by AIMD between 1 and `max_concurrency`
+    adaptive: bool = False
+    max_concurrency: int = 256
+    #: a 429 or 503 does not use up a retry, up to this many per request
+    max_throttled: int = 100
     rate: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll_interval: float = 1.0
@@ -100,9 +105,40 @@ class RunResult:
     unfinished: int = 0
     submits: int = 0
     retries: int = 0
+    #: 429/503 answers (the server pacing us)
+    throttled: int = 0
+    #: most jobs in flight at once
+    peak_concurrency: int = 0
     stop: StopReason = StopReason.NONE
     stop_message: str = ""
     signal: int | None = None
+
+
+class ConcurrencyGate:
+    """A semaphore whose size can change while jobs hold it (for AIMD)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self.peak = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self) -> None:
+        while self.in_use >= self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.in_use += 1
+        self.peak = max(self.peak, self.in_use)
+
+    def release(self) -> None:
+        self.in_use -= 1
+        self._freed.set()
+
+    def resize(self, limit: int) -> None:
+        grew = limit > self.limit
+        self.limit = limit
+        if grew:
+            self._freed.set()
 
 
 class Runner:
@@ -131,7 +167,14 @@ class Runner:
         self._attempt_log = attempt_log
         self._run_id = run_id
         self._rate = RateLimiter(options.rate) if options.rate else None
-        self._slots = asyncio.Semaphore(options.concurrency)
+        self._aimd = (
+            AimdConcurrency(maximum=options.max_concurrency)
+            if options.adaptive
+            else None
+        )
+        self._slots = ConcurrencyGate(
+            self._aimd.limit if self._aimd else options.concurrency
+        )
         self._inflight: set[asyncio.Task[None]] = set()
         self._feeder: asyncio.Task[None] | None = None
         self._no_new_submits = False
@@ -217,6 +260,7 @@ class Runner:
             await asyncio.gather(*pending, return_exceptions=True)
         if feed_error is not None:
             raise feed_error
+        self.result.peak_concurrency = self._slots.peak
         return self.result
 
     async def _feed(
@@ -492,17 +536,32 @@ class Runner:
     async def _call(
         self, op: Callable[[], Awaitable[T]], job: JobSpec, what: str
     ) -> tuple[T, int]:
-        """Run `op`, retrying transient failures; returns (result, attempts)."""
+        """Run `op`, retrying transient failures; returns (result, attempts).
+
+        A 429 (or 503) is the server pacing us, not the request failing: it
+        waits as told and, up to `max_throttled` times, does not use up a retry.
+        """
         policy = self._opt.retry
         attempt = 0
+        throttled = 0
         while True:
             attempt += 1
+            started = time.monotonic()
             try:
-                return await op(), attempt
+                result = await op()
             except TransientApiError as exc:
+                pacing = exc.http_status in (429, 503)
+                if pacing:
+                    self.result.throttled += 1
+                    if self._aimd is not None:
+                        self._aimd.on_backpressure(time.monotonic())
+                        self._slots.resize(self._aimd.limit)
+                    if throttled < self._opt.max_throttled:
+                        throttled += 1
+                        attempt -= 1
                 if attempt > policy.attempts - 1:
                     raise
-                delay = policy.delay_for(exc, attempt, self._rng)
+                delay = policy.delay_for(exc, max(attempt, 1), self._rng)
                 self.result.retries += 1
                 log.debug(
                     "%s %s: %s; retry %d/%d in %.2fs",
@@ -514,6 +573,12 @@ class Runner:
                     delay,
                 )
                 await asyncio.sleep(delay)
+            else:
+                if self._aimd is not None and what == "submit":
+                    now = time.monotonic()
+                    self._aimd.on_success(now, now - started)
+                    self._slots.resize(self._aimd.limit)
+                return result, attempt + throttled
 
     def _budget_spent(self) -> bool:
         limit = self._opt.max_jobs

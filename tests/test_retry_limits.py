@@ -67,3 +67,46 @@ def test_rate_limiter_never_exceeds_rate(rate: float, n: int) -> None:
     limiter = RateLimiter(rate=rate)
     waits = [limiter.reserve(0.0) for _ in range(n)]
     assert abs(waits[-1] - (n - 1) / rate) < 1e-6 * n
+
+
+def test_aimd_slow_start_then_additive_increase() -> None:
+    """+1 per success until back-pressure, then about +1 per round of successes."""
+    from batch_runner.limits import AimdConcurrency
+
+    aimd = AimdConcurrency(maximum=100, start=4)
+    for _ in range(10):
+        aimd.on_success(0.0)
+    assert aimd.limit == 14
+    aimd.on_backpressure(1.0)
+    assert aimd.limit == 10  # 14 * 0.75
+    for _ in range(10):
+        aimd.on_success(2.0)
+    assert aimd.limit == 10 or aimd.limit == 11
+
+
+def test_aimd_bounded_and_one_decrease_per_cooldown() -> None:
+    """A burst of 429s counts once; the limit stays within [minimum, maximum]."""
+    from batch_runner.limits import AimdConcurrency
+
+    aimd = AimdConcurrency(maximum=8, start=4, cooldown=1.0)
+    for _ in range(100):
+        aimd.on_success(0.0)
+    assert aimd.limit == 8
+    for _ in range(50):
+        aimd.on_backpressure(5.0)
+    assert aimd.limit == 6
+    for t in range(50):
+        aimd.on_backpressure(10.0 + t * 2)
+    assert aimd.limit == 1
+
+
+def test_aimd_backs_off_when_latency_rises() -> None:
+    """Latency well above the best seen is treated as back-pressure."""
+    from batch_runner.limits import AimdConcurrency
+
+    aimd = AimdConcurrency(maximum=64, start=20)
+    aimd.on_success(0.0, latency=0.05)
+    before = aimd.limit
+    for i in range(20):
+        aimd.on_success(1.0 + i, latency=1.0)
+    assert aimd.limit < before

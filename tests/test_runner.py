@@ -263,3 +263,33 @@ async def test_graceful_stop_records_taskids_and_leaves_no_torn_line(
     state = read_ledger(tmp_path / "ledger.jsonl")
     assert not state.warnings
     assert len(state.submitted) == server.state.snapshot()["tasks_created"] == 4
+
+
+async def test_adaptive_concurrency_finds_the_server_limit(
+    sim: SimFactory, tmp_path: Path
+) -> None:
+    """Against a server limit of 6 active tasks, auto mode finishes every job with
+    far fewer 429s than a fixed concurrency of 32, and 429s use up no retries."""
+    results = {}
+    for name, options in {
+        "fixed": RunOptions(
+            concurrency=32,
+            retry=RetryPolicy(attempts=2, wait_initial=0.0, wait_max=0.0),
+            poll_interval=0.02,
+        ),
+        "auto": RunOptions(
+            adaptive=True,
+            max_concurrency=32,
+            retry=RetryPolicy(attempts=2, wait_initial=0.0, wait_max=0.0),
+            poll_interval=0.02,
+        ),
+    }.items():
+        server = await sim(max_active_tasks=6, retry_after=0.05, generation_time=0.1)
+        result, _ = await run_jobs(
+            server.url, tmp_path / name, [WorkItem(j) for j in jobs(60)], options
+        )
+        assert result.succeeded == 60 and result.failed == 0
+        results[name] = (result, server.state.snapshot()["rejected_429_limit"])
+    fixed, auto = results["fixed"], results["auto"]
+    assert fixed[1] > 0 and auto[1] < fixed[1] / 2
+    assert auto[0].peak_concurrency <= 32
