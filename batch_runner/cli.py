@@ -23,7 +23,6 @@ from batch_runner.errors import BatchRunnerError, ManifestError, RunLockedError
 from batch_runner.exit_codes import ExitCode
 from batch_runner.lock import RunLock
 from batch_runner.logs import setup_logging
-from batch_runner.manifest import iter_jobs, validate_manifest
 from batch_runner.progress import TqdmLoggingHandler
 from batch_runner.report import format_status, run_status, write_failed_csv
 from batch_runner.run_command import RunConfig, execute
@@ -399,9 +398,6 @@ def cmd_run(ns: argparse.Namespace) -> int:
         # the lock comes first, so a second run exits 4 at once instead of
         # spending time validating a large manifest
         with lock:
-            summary = validate_manifest(ns.manifest)
-            for warning in summary.warnings:
-                log.warning("%s", warning)
             return execute(cfg)
     except RunLockedError as exc:
         log.error("%s", exc)
@@ -417,13 +413,9 @@ def cmd_status(ns: argparse.Namespace) -> int:
     ledger = ns.ledger or run_dir / "ledger.jsonl"
     if not ledger.exists():
         raise BatchRunnerError(f"no ledger at {ledger}: nothing has run there yet")
-    jobs = None
-    if ns.manifest is not None:
-        validate_manifest(ns.manifest)
-        jobs = iter_jobs(ns.manifest)
-        if shard is not None:
-            jobs = shard.select(jobs)
-    status = run_status(ledger, run_dir, jobs)
+    status = run_status(
+        ledger, run_dir, ns.manifest, keep=shard.keeps if shard is not None else None
+    )
     if ns.json:
         print(json.dumps(status.to_json(), ensure_ascii=False))
     else:

@@ -78,8 +78,14 @@ class ManifestSummary:
     warnings: tuple[str, ...]
 
 
-def validate_manifest(path: str | os.PathLike[str]) -> ManifestSummary:
-    """Read and check every row of the manifest; raise the first ManifestError."""
+def validate_manifest(
+    path: str | os.PathLike[str], on_job: Callable[[str], None] | None = None
+) -> ManifestSummary:
+    """Read and check every row of the manifest; raise the first ManifestError.
+
+    `on_job` is called with the id of each distinct job, in order, so a caller
+    can plan in the same pass instead of reading a large manifest again.
+    """
     where = os.fspath(path)
     ids = _IdSet()
     jobs = skipped = duplicate_rows = 0
@@ -89,6 +95,8 @@ def validate_manifest(path: str | os.PathLike[str]) -> ManifestSummary:
         seen = ids.add(job_id, explicit)
         if seen is _Seen.NEW:
             jobs += 1
+            if on_job is not None:
+                on_job(job_id)
         elif seen is _Seen.SAME_JOB:
             skipped += 1
             # One warning per manifest row, not per copy of a repeated job.

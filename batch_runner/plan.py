@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from batch_runner.ledger import ResumeState
@@ -35,7 +35,13 @@ def decide(
     job: JobSpec, state: ResumeState, *, retry_failed: bool
 ) -> tuple[Action, str | None]:
     """The action for one job and the taskid to poll, if any."""
-    job_id = job.job_id
+    return decide_id(job.job_id, state, retry_failed=retry_failed)
+
+
+def decide_id(
+    job_id: str, state: ResumeState, *, retry_failed: bool
+) -> tuple[Action, str | None]:
+    """`decide` for a bare job id (all the ledger knows a job by)."""
     if job_id in state.succeeded:
         return Action.DONE, None
     taskid = state.submitted.get(job_id)
@@ -63,6 +69,21 @@ class PlanCounts:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+def plan_counter(
+    state: ResumeState, *, retry_failed: bool, keep: Callable[[str], bool] | None = None
+) -> tuple[PlanCounts, Callable[[str], None]]:
+    """A PlanCounts and the callback that fills it, one job id at a time; `keep`
+    filters ids (a shard)."""
+    counts = PlanCounts()
+
+    def count(job_id: str) -> None:
+        if keep is None or keep(job_id):
+            action, _ = decide_id(job_id, state, retry_failed=retry_failed)
+            counts.counts[action] += 1
+
+    return counts, count
 
 
 def count_plan(

@@ -12,14 +12,14 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from batch_runner.audit import suspected_duplicate_submits
 from batch_runner.ledger import iter_records
-from batch_runner.models import JobSpec
+from batch_runner.manifest import validate_manifest
 
 _HEAD = re.compile(rb'^\{"job_id":"((?:[^"\\]|\\.)*)","status":"(\w+)"')
 _TS = re.compile(rb'"ts":"([^"]*)"')
@@ -110,24 +110,30 @@ def _scan(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, str]], RunSt
 def run_status(
     ledger: Path,
     run_dir: Path | None = None,
-    manifest_jobs: Iterable[JobSpec] | None = None,
+    manifest: Path | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> RunStatus:
-    """Everything `batch-runner status` reports, from one pass over the ledger."""
+    """Everything `batch-runner status` reports, from one pass over the ledger
+    (and one over the manifest, if given, for the pending count; `keep` picks a
+    shard's job ids)."""
     states, failures, status = _scan(ledger)
     counts = Counter(states.values())
     status.succeeded = counts["S"]
     status.failed = counts["F"]
     status.submitted = counts["s"]
     status.total = len(states)
-    if manifest_jobs is not None:
-        pending = 0
-        in_manifest = 0
-        for job in manifest_jobs:
-            in_manifest += 1
-            if job.job_id not in states:
-                pending += 1
-        status.pending = pending
-        status.total = max(status.total, in_manifest)
+    if manifest is not None:
+        tally = {"jobs": 0, "pending": 0}
+
+        def count(job_id: str) -> None:
+            if keep is None or keep(job_id):
+                tally["jobs"] += 1
+                if job_id not in states:
+                    tally["pending"] += 1
+
+        validate_manifest(manifest, on_job=count)
+        status.pending = tally["pending"]
+        status.total = max(status.total, tally["jobs"])
     reasons = Counter((stage, msg) for stage, msg in failures.values())
     status.failure_reasons = [
         {"stage": stage, "msg": msg, "count": n}

@@ -22,9 +22,9 @@ from batch_runner import simulator
 from batch_runner.client import DEFAULT_MAX_IMAGE_BYTES, ZImageClient
 from batch_runner.exit_codes import ExitCode
 from batch_runner.ledger import LedgerWriter, ResumeState, read_ledger
-from batch_runner.manifest import iter_jobs
+from batch_runner.manifest import iter_jobs, validate_manifest
 from batch_runner.models import JobSpec
-from batch_runner.plan import Action, PlanCounts, count_plan, work_items
+from batch_runner.plan import Action, PlanCounts, plan_counter, work_items
 from batch_runner.progress import NullProgress, Progress, TqdmProgress
 from batch_runner.retry import RetryPolicy
 from batch_runner.runner import Runner, RunOptions, RunResult, StopReason
@@ -113,12 +113,23 @@ def dry_run(cfg: RunConfig, counts: PlanCounts) -> int:
 
 
 def execute(cfg: RunConfig) -> int:
-    """Plan, then run or print the plan; returns the exit code."""
+    """Validate and plan, then run or print the plan; returns the exit code.
+
+    Raises ManifestError before anything is sent if any row is bad.
+    """
     started = time.monotonic()
     state = read_ledger(cfg.ledger)
     for warning in state.warnings:
         log.warning("%s", warning)
-    counts = count_plan(manifest_jobs(cfg), state, retry_failed=cfg.retry_failed)
+    # one pass validates every row and counts the plan (millions of rows)
+    counts, count = plan_counter(
+        state,
+        retry_failed=cfg.retry_failed,
+        keep=cfg.shard.keeps if cfg.shard is not None else None,
+    )
+    summary = validate_manifest(cfg.manifest, on_job=count)
+    for warning in summary.warnings:
+        log.warning("%s", warning)
     if cfg.dry_run:
         return dry_run(cfg, counts)
     log.info("%s", describe_plan(counts, cfg))

@@ -187,3 +187,22 @@ async def test_writer_cancelled_caller_still_writes(tmp_path: Path) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
     assert read_ledger(path).succeeded == {"j1"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(ledgers())
+def test_fast_path_agrees_with_full_parsing(
+    events: list[tuple[str, JobStatus]],
+) -> None:
+    """Replaying our writer's layout (regex fast path) gives the same state as the
+    same records in another key order (full JSON parsing)."""
+    records = [
+        make_record(JobSpec(job_id=i, prompt="p"), s, taskid=f"t-{n}")
+        for n, (i, s) in enumerate(events)
+    ]
+    fast = replay([encode_record(r) for r in records])
+    slow = replay([(json.dumps(r, sort_keys=True) + "\n").encode() for r in records])
+    assert fast.succeeded == slow.succeeded
+    assert fast.submitted == slow.submitted
+    assert set(fast.failed) == set(slow.failed)
+    assert fast.records == slow.records
