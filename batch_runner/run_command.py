@@ -20,6 +20,8 @@ import aiohttp
 
 from batch_runner import simulator
 from batch_runner.client import DEFAULT_MAX_IMAGE_BYTES, ZImageClient
+from batch_runner.dataset import write_metadata
+from batch_runner.errors import BatchRunnerError
 from batch_runner.exit_codes import ExitCode
 from batch_runner.ledger import LedgerWriter, ResumeState, read_ledger
 from batch_runner.manifest import iter_jobs, validate_manifest
@@ -134,7 +136,22 @@ def execute(cfg: RunConfig) -> int:
         return dry_run(cfg, counts)
     log.info("%s", describe_plan(counts, cfg))
     result = asyncio.run(_run(cfg, state, counts))
+    refresh_metadata(cfg)
     return finish(result, counts, started)
+
+
+def refresh_metadata(cfg: RunConfig) -> None:
+    """Rebuild DIR/metadata.jsonl from the ledger, unless it is already newer."""
+    target = cfg.out_dir / "metadata.jsonl"
+    try:
+        if target.exists() and target.stat().st_mtime >= cfg.ledger.stat().st_mtime:
+            return
+        rows = write_metadata(cfg.out_dir, cfg.ledger)
+    except (OSError, BatchRunnerError) as exc:
+        # the images and the ledger are what matter; the index can be rebuilt
+        log.warning("could not write %s: %s", target, exc)
+        return
+    log.info("metadata.jsonl: %d image(s)", rows)
 
 
 async def _run(cfg: RunConfig, state: ResumeState, counts: PlanCounts) -> RunResult:

@@ -322,18 +322,24 @@ def test_concurrent_runs_on_one_directory_second_exits_4(tmp_path: Path) -> None
 def test_fsync_flag_syncs_every_ledger_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--fsync makes the writer fsync after its writes; without it, it never does."""
+    """--fsync makes the writer fsync the ledger; without it, it never does."""
     manifest = write_manifest(tmp_path / "m.yaml", 5)
-    import batch_runner.ledger as ledger_mod
+    import os
 
-    calls: list[int] = []
-    real = ledger_mod.os.fsync
-    monkeypatch.setattr(ledger_mod.os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
     base = ["run", str(manifest), "--mock", *FAST, "--mock-generation-time", "0.01"]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
-    assert calls == []
+    assert not [p for p in synced if p.endswith("ledger.jsonl")]
     assert main([*base, "--out", str(tmp_path / "b"), "--fsync"]) == 0
-    assert len(calls) >= 2  # at least one group for submitted, one for succeeded
+    ledger_syncs = [p for p in synced if p == str(tmp_path / "b" / "ledger.jsonl")]
+    assert len(ledger_syncs) >= 2  # at least one group for submitted, one succeeded
 
 
 def test_cli_subprocess_help_mentions_every_run_flag() -> None:

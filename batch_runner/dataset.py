@@ -1,0 +1,665 @@
+"""A run directory as a dataset: `metadata.jsonl` for Hugging Face, WebDataset shards.
+
+Both are built from each job's last ledger record when it says "succeeded",
+one sample per image file on disk. The ledger is streamed, never held: a
+million-line ledger costs one dict of job ids, not a million records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import tarfile
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+from urllib.parse import quote
+
+from batch_runner.errors import LedgerError
+from batch_runner.images import image_size, sniff_extension
+from batch_runner.models import JobStatus
+
+log = logging.getLogger("batch_runner.dataset")
+
+METADATA_NAME = "metadata.jsonl"
+LEDGER_NAME = "ledger.jsonl"
+META_PREFIX = "meta_"
+SHARD_PATTERN = "shard-{:06d}.tar"
+
+_KNOWN_STATUSES = frozenset(s.value for s in JobStatus)
+_SHARD_RE = re.compile(r"shard-(\d{6})\.tar")
+#: the start of a line as LedgerWriter lays it out; ids with escapes do not match
+_FAST_HEAD = re.compile(
+    rb'\{"job_id":"([A-Za-z0-9._-]+)","status":"(succeeded|submitted|failed)"'
+)
+#: JPEG keeps its size in a frame header that can sit after large EXIF blocks
+_HEAD_BYTES = 64 << 10
+_INT64 = 2**63
+# pyarrow's JSON reader turns every string of this shape into a timestamp (and
+# renders it back as "2024-05-01 00:00:00"); a superset of its ISO-8601 forms.
+_TIMESTAMP_LIKE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[Tt ][0-9:.,+\-Zz ]*)?")
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# strict: pyarrow rejects NaN, so a row that holds one must fail here, not in HF
+_ROW_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False
+)
+#: the columns before the meta labels, in this order
+CORE_COLUMNS = (
+    "file_name",
+    "job_id",
+    "prompt",
+    "prompt_extend",
+    "seed",
+    "resolution",
+    "width",
+    "height",
+    "taskid",
+    "sha256",
+)
+
+
+# -- reading the ledger -------------------------------------------------------
+
+
+def _ledger_lines(path: Path) -> Iterator[bytes]:
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
+    with fh:
+        yield from fh
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    """The record on one line, or None for what `ledger.iter_records` skips too."""
+    try:
+        record = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if (
+        isinstance(record, dict)
+        and isinstance(record.get("job_id"), str)
+        and record["job_id"]
+        and record.get("status") in _KNOWN_STATUSES
+    ):
+        return record
+    return None
+
+
+def records_at(
+    path: Path, linenos: Collection[int]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of the readable records on these 0-based lines,
+    parsing no other line."""
+    if not linenos:
+        return
+    stop = max(linenos)
+    for lineno, raw in enumerate(_ledger_lines(path)):
+        if lineno in linenos:
+            record = _parse(raw)
+            if record is not None:
+                yield lineno, record
+        if lineno >= stop:
+            return
+
+
+def final_lines(
+    path: Path, statuses: Collection[str] = (JobStatus.SUCCEEDED,)
+) -> set[int]:
+    """0-based line numbers of each job's last record, when its status is in
+    `statuses`. Holds only job id -> line number, never the records."""
+    last: dict[str, tuple[int, bool]] = {}
+    for lineno, raw in enumerate(_ledger_lines(path)):
+        # as in ledger.replay: a whole line from our writer needs no JSON parse
+        head = _FAST_HEAD.match(raw)
+        if head is not None and raw.endswith(b"}\n"):
+            last[head[1].decode()] = (lineno, head[2].decode() in statuses)
+            continue
+        record = _parse(raw)
+        if record is not None:
+            last[record["job_id"]] = (lineno, record["status"] in statuses)
+    return {lineno for lineno, keep in last.values() if keep}
+
+
+def numbered_final_records(
+    path: Path,
+    *,
+    statuses: Collection[str] = (JobStatus.SUCCEEDED,),
+    lines: Collection[int] | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of each job's last record whose status is in
+    `statuses`, in ledger order of those last records.
+
+    Two passes instead of `latest_records`: `final_lines` (or the `lines` it
+    gave earlier), then parsing just those lines. Lines appended in between are
+    not read, so the result is one consistent snapshot.
+    """
+    wanted = final_lines(path, statuses) if lines is None else lines
+    for lineno, record in records_at(path, wanted):
+        # a ledger rewritten between the passes may have another line there
+        if record["status"] in statuses:
+            yield lineno, record
+
+
+def final_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Each job's last record when it is "succeeded", in ledger order."""
+    for _, record in numbered_final_records(path):
+        yield record
+
+
+# -- images -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFacts:
+    """One image file of a job; `index` is its place in the record's `files`."""
+
+    file: str
+    sha256: str
+    size: int
+    width: int | None
+    height: int | None
+    index: int = 0
+
+
+def safe_relative(file: object) -> str | None:
+    """`file` as a clean relative POSIX path inside the run directory, or None.
+
+    An absolute path or one with `..` (an images dir outside the run) cannot be
+    part of the dataset: Hugging Face refuses such a `file_name`, and a tar
+    member must not escape the directory it is extracted into.
+    """
+    # plain string work: pathlib costs more than the stat on a million files
+    if not isinstance(file, str) or file.startswith("/") or "\\" in file:
+        return None
+    if "://" in file:
+        return None
+    parts = [part for part in file.split("/") if part not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    return "/".join(parts)
+
+
+def facts_from_bytes(file: str, data: bytes, index: int = 0) -> ImageFacts:
+    size = image_size(data[:_HEAD_BYTES])
+    return ImageFacts(
+        file=file,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        width=size[0] if size else None,
+        height=size[1] if size else None,
+        index=index,
+    )
+
+
+def facts_from_file(path: Path, file: str, index: int = 0) -> ImageFacts:
+    """Hash and measure a file without holding it whole in memory."""
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            if len(head) < _HEAD_BYTES:
+                head += chunk[: _HEAD_BYTES - len(head)]
+            digest.update(chunk)
+            size += len(chunk)
+    dims = image_size(head)
+    return ImageFacts(
+        file=file,
+        sha256=digest.hexdigest(),
+        size=size,
+        width=dims[0] if dims else None,
+        height=dims[1] if dims else None,
+        index=index,
+    )
+
+
+def _facts_from_record(entry: object, file: str, index: int) -> ImageFacts | None:
+    if not isinstance(entry, dict):
+        return None
+    sha, size = entry.get("sha256"), entry.get("bytes")
+    width, height = entry.get("width"), entry.get("height")
+    if not isinstance(sha, str) or not isinstance(size, int):
+        return None
+    return ImageFacts(
+        file=file,
+        sha256=sha,
+        size=size,
+        width=width if isinstance(width, int) else None,
+        height=height if isinstance(height, int) else None,
+        index=index,
+    )
+
+
+def record_files(record: Mapping[str, Any]) -> list[str]:
+    files = record.get("files")
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+
+
+def image_facts(
+    run_dir: Path, record: Mapping[str, Any]
+) -> tuple[list[ImageFacts], list[str]]:
+    """The facts of each of a record's files that is on disk, and those that are not.
+
+    Facts come from the record's `images` when it has them (a stat, no read);
+    records written before `images` existed have their files hashed.
+    """
+    known: dict[str, dict[str, Any]] = {}
+    images = record.get("images")
+    if isinstance(images, list):
+        for entry in images:
+            if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+                known[entry["file"]] = entry
+    present: list[ImageFacts] = []
+    missing: list[str] = []
+    root = os.fspath(run_dir)
+    for index, file in enumerate(record_files(record)):
+        rel = safe_relative(file)
+        if rel is None or not os.path.isfile(os.path.join(root, rel)):
+            missing.append(file)
+            continue
+        facts = _facts_from_record(known.get(file), rel, index)
+        if facts is None:
+            try:
+                facts = facts_from_file(run_dir / rel, rel, index)
+            except OSError:
+                missing.append(file)
+                continue
+        present.append(facts)
+    return present, missing
+
+
+# -- samples ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One image of a succeeded job with everything known about it."""
+
+    job_id: str
+    prompt: str
+    prompt_extend: bool
+    seed: int | None
+    resolution: str
+    taskid: str | None
+    meta: Mapping[str, Any]
+    image: ImageFacts
+    #: how many files the job has: a key needs the index only when several
+    count: int = 1
+
+    def core(self) -> dict[str, Any]:
+        """The fixed columns, in `CORE_COLUMNS` order."""
+        return {
+            "file_name": self.image.file,
+            "job_id": self.job_id,
+            "prompt": self.prompt,
+            "prompt_extend": self.prompt_extend,
+            "seed": self.seed,
+            "resolution": self.resolution,
+            "width": self.image.width,
+            "height": self.image.height,
+            "taskid": self.taskid,
+            "sha256": self.image.sha256,
+        }
+
+    @property
+    def key(self) -> str:
+        return sample_key(self.job_id, self.image.index if self.count > 1 else None)
+
+
+def samples_of(
+    record: Mapping[str, Any], images: Iterable[ImageFacts]
+) -> Iterator[Sample]:
+    """One Sample per image of a succeeded record. Pure."""
+    seed = record.get("seed")
+    taskid = record.get("taskid")
+    meta = record.get("meta")
+    count = len(record_files(record))
+    for image in images:
+        yield Sample(
+            job_id=str(record["job_id"]),
+            prompt=str(record.get("prompt") or ""),
+            prompt_extend=bool(record.get("prompt_extend")),
+            seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            resolution=str(record.get("resolution") or ""),
+            taskid=taskid if isinstance(taskid, str) and taskid else None,
+            meta=meta if isinstance(meta, dict) else {},
+            image=image,
+            count=max(count, 1),
+        )
+
+
+@dataclass(slots=True)
+class _Scan:
+    """Files of succeeded jobs left out: how many, and the first few names."""
+
+    missing: list[str] = field(default_factory=list)
+    missing_count: int = 0
+
+
+def _run_samples(
+    run_dir: Path,
+    ledger_path: Path,
+    scan: _Scan,
+    lines: Collection[int] | None = None,
+) -> Iterator[Sample]:
+    """Every sample of a run directory on disk, in ledger order; files that are not
+    on disk are counted in `scan` instead. `lines` from `final_lines`, if known."""
+    for _, record in numbered_final_records(ledger_path, lines=lines):
+        present, missing = image_facts(run_dir, record)
+        scan.missing_count += len(missing)
+        scan.missing.extend(missing[: max(0, 5 - len(scan.missing))])
+        yield from samples_of(record, present)
+
+
+def _warn_missing(run_dir: Path, scan: _Scan) -> None:
+    if scan.missing_count:
+        log.warning(
+            "%s: %d image file(s) of succeeded jobs are not on disk (or lie outside "
+            "the run directory) and were left out, e.g. %s",
+            run_dir,
+            scan.missing_count,
+            ", ".join(scan.missing),
+        )
+
+
+# -- metadata.jsonl -----------------------------------------------------------
+
+
+def meta_column(name: str) -> str:
+    """The metadata.jsonl column of meta label `name`; injective.
+
+    Hugging Face treats any column ending in `_file_name(s)` as a path to load,
+    so such names get a trailing "_"; names already ending in "_" get one too,
+    which keeps the mapping reversible (strip one "_" from any name ending so).
+    """
+    column = META_PREFIX + name
+    if column.endswith(("_", "_file_name", "_file_names")):
+        column += "_"
+    return column
+
+
+def value_kind(value: object) -> str:
+    """The JSON type a meta value keeps in Arrow: bool, int, float, str, or json for
+    what must become JSON text (nested, out of int64, non-finite, timestamp-like)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if -_INT64 <= value < _INT64 else "json"
+    if isinstance(value, float):
+        return "float" if math.isfinite(value) else "json"
+    if isinstance(value, str):
+        return "json" if _TIMESTAMP_LIKE.fullmatch(value) else "str"
+    return "json"
+
+
+def _column_type(kinds: set[str]) -> str:
+    if len(kinds) <= 1:
+        return next(iter(kinds), "null")
+    if kinds == {"int", "float"}:
+        return "float"
+    return "json"
+
+
+class MetadataSchema:
+    """The columns of metadata.jsonl, learnt from every row before any is written.
+
+    Why top-level `meta_<name>` columns: they can be filtered and grouped on
+    directly (`ds.filter(lambda r: r["meta_style"] == "noir")`) and show up as
+    columns in the dataset viewer, where one JSON string would need parsing.
+    They load reliably because of how Hugging Face reads metadata.jsonl: it takes
+    the features from the first 10 MB only and casts every later block to them. So
+    every row carries every column (null where a job lacks the label); a column
+    keeps a native type only when all its values share it (ints and floats become
+    floats); otherwise, and for nested or timestamp-like values, every value of
+    the column is JSON text (`json.loads` gives back the exact value); and the rows
+    that first give a column a non-null value are written first (`observe`), so
+    no column is typed from nulls alone.
+    """
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, set[str]] = {}
+        self._seen: set[str] = set()
+
+    def observe(self, sample: Sample) -> bool:
+        """Learn from one row; True if it is the first with some column non-null."""
+        first = False
+        for column, value in sample.core().items():
+            if value is not None and column not in self._seen:
+                self._seen.add(column)
+                first = True
+        for name, value in sample.meta.items():
+            kinds = self._kinds.setdefault(name, set())
+            if value is None:
+                continue
+            kinds.add(value_kind(value))
+            column = meta_column(name)
+            if column not in self._seen:
+                self._seen.add(column)
+                first = True
+        return first
+
+    def columns(self) -> dict[str, str]:
+        """meta label -> column type: bool, int, float, str, json or null."""
+        return {name: _column_type(self._kinds[name]) for name in sorted(self._kinds)}
+
+    def rows(self, samples: Iterable[Sample]) -> Iterator[dict[str, Any]]:
+        types = self.columns()
+        columns = [(name, meta_column(name), kind) for name, kind in types.items()]
+        for sample in samples:
+            row = sample.core()
+            for name, column, kind in columns:
+                row[column] = _cell(sample.meta.get(name), kind)
+            yield row
+
+
+def _cell(value: object, kind: str) -> object:
+    if value is None:
+        return None
+    if kind == "json":
+        return _JSON.encode(value)
+    if kind == "float":
+        return float(value)  # type: ignore[arg-type]
+    return value
+
+
+def metadata_rows(samples: Iterable[Sample]) -> list[dict[str, Any]]:
+    """The rows of metadata.jsonl for these samples, in file order. Pure; holds
+    the rows in memory (`write_metadata` streams instead)."""
+    schema = MetadataSchema()
+    firsts: list[Sample] = []
+    rest: list[Sample] = []
+    for sample in samples:
+        (firsts if schema.observe(sample) else rest).append(sample)
+    return list(schema.rows([*firsts, *rest]))
+
+
+def write_metadata(run_dir: Path, ledger_path: Path | None = None) -> int:
+    """Rebuild `run_dir/metadata.jsonl` (Hugging Face ImageFolder form) from the
+    ledger; returns the number of rows.
+
+    One row per image file, on disk, of each job whose last record is
+    succeeded; files not on disk are left out and logged as a warning. Rows are
+    in ledger order except for the few rows moved to the front for the schema
+    (see MetadataSchema). The file is replaced atomically.
+
+    Load with `datasets.load_dataset("imagefolder", data_files={"train":
+    "DIR/metadata.jsonl"})`; `data_dir=DIR` also works unless an image name
+    starts with train/test/validation/..., which `datasets` takes as split names.
+    """
+    ledger = ledger_path if ledger_path is not None else run_dir / LEDGER_NAME
+    # Pass 1 learns the columns and picks the rows to write first; pass 2 writes.
+    # Rereading the ledger beats holding a million rows; images are only stat'ed.
+    lines = final_lines(ledger)
+    schema = MetadataSchema()
+    firsts: dict[tuple[str, int], Sample] = {}
+    for sample in _run_samples(run_dir, ledger, _Scan(), lines):
+        if schema.observe(sample):
+            firsts[(sample.job_id, sample.image.index)] = sample
+    scan = _Scan()
+    rest = (
+        s
+        for s in _run_samples(run_dir, ledger, scan, lines)
+        if (s.job_id, s.image.index) not in firsts
+    )
+    rows = 0
+    with atomic_file(run_dir / METADATA_NAME) as fh:
+        for row in schema.rows(itertools.chain(firsts.values(), rest)):
+            fh.write(_ROW_ENCODER.encode(row).encode("utf-8") + b"\n")
+            rows += 1
+    _warn_missing(run_dir, scan)
+    return rows
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A temp file beside `path` that replaces it only if the block completes."""
+    # not tempfile.mkstemp: its 0600 would make the dataset unreadable to others;
+    # os.open with 0666 lets the umask decide, like any other file we write
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# -- WebDataset ---------------------------------------------------------------
+
+
+def sample_key(job_id: str, index: int | None = None) -> str:
+    """The WebDataset key of a job's image: no "." (WebDataset splits the key from
+    the extension at the first dot) and no "/", and injective.
+
+    The job id is percent-encoded (RFC 3986 with "." and "~" escaped too), which
+    leaves the usual ids (letters, digits, "_", "-") readable and can be decoded
+    back; "~<index>" marks an image of a multi-image job, and "~" never appears
+    in an encoded id, so `sample_key("a", 0)` cannot equal any id's key.
+    """
+    if not job_id:
+        raise ValueError("empty job id")
+    key = quote(job_id, safe="").replace(".", "%2E").replace("~", "%7E")
+    return key if index is None else f"{key}~{index}"
+
+
+def sample_json(sample: Sample) -> dict[str, Any]:
+    return {
+        "job_id": sample.job_id,
+        "prompt": sample.prompt,
+        "prompt_extend": sample.prompt_extend,
+        "seed": sample.seed,
+        "resolution": sample.resolution,
+        "width": sample.image.width,
+        "height": sample.image.height,
+        "taskid": sample.taskid,
+        "sha256": sample.image.sha256,
+        "meta": dict(sample.meta),
+        "file_name": sample.image.file,
+    }
+
+
+def _extension(file: str, data: bytes) -> str:
+    suffix = PurePosixPath(file).suffix.lower().lstrip(".")
+    return suffix or (sniff_extension(data[:16]) or ".bin").lstrip(".")
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    # fixed owner, mode and mtime so the same run always gives the same bytes
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _members(
+    run_dir: Path, ledger: Path, scan: _Scan
+) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """(key, [(extension, bytes), ...]) of each sample, read one at a time."""
+    for sample in _run_samples(run_dir, ledger, scan):
+        try:
+            data = (run_dir / sample.image.file).read_bytes()
+        except OSError as exc:
+            scan.missing_count += 1
+            log.warning("%s: cannot read %s: %s", run_dir, sample.image.file, exc)
+            continue
+        actual = facts_from_bytes(sample.image.file, data, sample.image.index)
+        if actual.sha256 != sample.image.sha256:
+            # the JSON must describe the bytes in the tar, whatever the ledger says
+            log.warning(
+                "%s: %s differs from the ledger's sha256; exporting the file",
+                run_dir,
+                sample.image.file,
+            )
+        exported = dataclasses.replace(sample, image=actual)
+        body = _JSON.encode(sample_json(exported)).encode("utf-8")
+        ext = _extension(sample.image.file, data)
+        yield sample.key, [(ext, data), ("json", body)]
+
+
+def export_webdataset(
+    run_dir: Path,
+    out_dir: Path,
+    shard_size: int,
+    ledger_path: Path | None = None,
+) -> list[Path]:
+    """Write the run's samples as WebDataset shards `out_dir/shard-000000.tar`, ...
+    of at most `shard_size` samples each; returns the shards in order.
+
+    A sample is `<key>.<ext>` (the image) and `<key>.json` (job_id, prompt,
+    params, size, sha256, meta, file_name), keys from `sample_key`. Ledger order
+    and fixed tar metadata make a rerun byte-identical; each shard is a temp
+    file until complete; shards left from an earlier, longer export are removed
+    so out_dir holds exactly this export. The JSON's `sha256` is that of the
+    bytes in the tar; a file that no longer matches the ledger is logged.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    ledger = ledger_path if ledger_path is not None else run_dir / LEDGER_NAME
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scan = _Scan()
+    written: list[Path] = []
+    members = _members(run_dir, ledger, scan)
+    # the shard's first sample is taken here and the rest inside, so no shard
+    # is ever opened for zero samples
+    for first in members:
+        shard = out_dir / SHARD_PATTERN.format(len(written))
+        rest = itertools.islice(members, shard_size - 1)
+        with (
+            atomic_file(shard) as fh,
+            tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            for key, parts in itertools.chain([first], rest):
+                for ext, data in parts:
+                    _add_member(tar, f"{key}.{ext}", data)
+        written.append(shard)
+    _remove_stale_shards(out_dir, len(written))
+    _warn_missing(run_dir, scan)
+    return written
+
+
+def _remove_stale_shards(out_dir: Path, count: int) -> None:
+    for path in out_dir.iterdir():
+        match = _SHARD_RE.fullmatch(path.name)
+        if match and int(match.group(1)) >= count:
+            path.unlink()

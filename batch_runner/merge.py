@@ -1,0 +1,373 @@
+"""Combine shard run directories into one dataset directory, refusing conflicts.
+
+The merged ledger holds one record per job: the record that decides its state.
+Each input keeps its full history; copying every record would make a merge
+grow with each repeat and let an input's later "failed" hide another input's
+"succeeded". One record per job makes merging idempotent and incremental:
+OUT_DIR's own ledger, if any, takes part as the first input, so merging the
+same inputs again changes nothing and merging a new shard adds to the result.
+
+Which record decides, when inputs disagree:
+- the same job must mean the same request: any difference in prompt,
+  resolution, seed, prompt_extend or meta is a conflict;
+- "succeeded" wins over "submitted", which wins over "failed" (a job still in
+  flight may yet succeed; a resumed run then polls its taskid);
+- two "succeeded" records must name the same files with the same sha256, else
+  it is a conflict; if equal, the first input's record is kept, unless a later
+  one has more of its files on disk.
+Only each input's final record of a job takes part; attempts.jsonl is not merged.
+
+Every check runs before anything is written. Images are hardlinked when
+possible (same filesystem; the runner never rewrites an image in place, so a
+shared inode is safe, and deleting an input later leaves the merge intact),
+copied otherwise; a file name already in OUT_DIR with other content is a
+conflict. The ledger is written to a temp file and renamed only after every
+image is in place, and metadata.jsonl is rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from batch_runner.dataset import (
+    LEDGER_NAME,
+    ImageFacts,
+    atomic_file,
+    facts_from_file,
+    image_facts,
+    numbered_final_records,
+    record_files,
+    records_at,
+    write_metadata,
+)
+from batch_runner.errors import BatchRunnerError
+from batch_runner.ledger import encode_record
+from batch_runner.lock import RunLock
+from batch_runner.models import JobStatus
+
+log = logging.getLogger("batch_runner.merge")
+
+_ALL_STATUSES = tuple(s.value for s in JobStatus)
+#: which final state a merge keeps when inputs disagree
+_RANK = {JobStatus.FAILED: 0, JobStatus.SUBMITTED: 1, JobStatus.SUCCEEDED: 2}
+_PARAMS = ("prompt", "resolution", "seed", "meta")
+
+
+class MergeError(BatchRunnerError):
+    """A merge was refused; nothing was written."""
+
+
+class MergeConflictError(MergeError):
+    """Two inputs (or an input and OUT_DIR) disagree about a job or an image file."""
+
+    def __init__(self, message: str, *, job_id: str, first: Path, second: Path) -> None:
+        self.job_id = job_id
+        self.first = first
+        self.second = second
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class MergeReport:
+    """What the merged directory holds, by each job's final state."""
+
+    #: the run directories merged, as given
+    inputs: tuple[Path, ...]
+    jobs: int
+    succeeded: int
+    failed: int
+    #: jobs whose final record is "submitted": a run in OUT_DIR would poll them
+    submitted: int
+    #: files linked or copied in by this merge (files already there are not)
+    images_copied: int
+    #: files of succeeded jobs missing from their input; left out, logged
+    images_missing: int
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """The little kept per job while reading the inputs: where its record is,
+    and what must match across inputs."""
+
+    source: int
+    lineno: int
+    status: str
+    params: bytes
+    #: (file, sha256 or None when the file is gone) of a succeeded record
+    images: tuple[tuple[str, str | None], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    run_dir: Path
+    ledger: Path
+
+
+@dataclass(slots=True)
+class _Plan:
+    """Images to bring into OUT_DIR, decided before any is written."""
+
+    copies: list[tuple[Path, Path]] = field(default_factory=list)
+    #: out-relative file -> (sha256, source index, job id) of what will be there
+    placed: dict[str, tuple[str, int, str]] = field(default_factory=dict)
+    missing: int = 0
+
+
+def _params_digest(record: Mapping[str, Any]) -> bytes:
+    params = {name: record.get(name) for name in _PARAMS}
+    params["prompt_extend"] = bool(record.get("prompt_extend"))
+    text = json.dumps(params, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _image_key(
+    run_dir: Path, record: Mapping[str, Any]
+) -> tuple[tuple[str, str | None], ...]:
+    present, _ = image_facts(run_dir, record)
+    shas = {facts.index: facts.sha256 for facts in present}
+    return tuple((file, shas.get(i)) for i, file in enumerate(record_files(record)))
+
+
+def _same_images(
+    a: tuple[tuple[str, str | None], ...], b: tuple[tuple[str, str | None], ...]
+) -> bool:
+    """Same files with the same content; a file gone from one input cannot differ."""
+    if [file for file, _ in a] != [file for file, _ in b]:
+        return False
+    return all(
+        x is None or y is None or x == y for (_, x), (_, y) in zip(a, b, strict=True)
+    )
+
+
+def _on_disk(candidate: _Candidate) -> int:
+    return sum(sha is not None for _, sha in candidate.images)
+
+
+def _choose(
+    job_id: str, old: _Candidate, new: _Candidate, sources: Sequence[_Source]
+) -> _Candidate:
+    """The candidate that decides the job's merged state, or a conflict."""
+    first, second = sources[old.source].run_dir, sources[new.source].run_dir
+    if old.params != new.params:
+        raise MergeConflictError(
+            f"job {job_id!r} has a different prompt or parameters in {first} "
+            f"and in {second}",
+            job_id=job_id,
+            first=first,
+            second=second,
+        )
+    if old.status == new.status == JobStatus.SUCCEEDED:
+        if old.images and new.images and not _same_images(old.images, new.images):
+            raise MergeConflictError(
+                f"job {job_id!r} succeeded with different images in {first} "
+                f"and in {second}",
+                job_id=job_id,
+                first=first,
+                second=second,
+            )
+        # equal: keep the first, unless the other has more of the files on disk
+        # (a --no-download success names none; an input may have lost some)
+        return new if _on_disk(new) > _on_disk(old) else old
+    return new if _RANK[JobStatus(new.status)] > _RANK[JobStatus(old.status)] else old
+
+
+def _collect(sources: Sequence[_Source]) -> dict[str, _Candidate]:
+    """job id -> the candidate that decides it, in first-seen order."""
+    chosen: dict[str, _Candidate] = {}
+    for index, source in enumerate(sources):
+        for lineno, record in numbered_final_records(
+            source.ledger, statuses=_ALL_STATUSES
+        ):
+            job_id = record["job_id"]
+            status = record["status"]
+            candidate = _Candidate(
+                source=index,
+                lineno=lineno,
+                status=status,
+                params=_params_digest(record),
+                images=(
+                    _image_key(source.run_dir, record)
+                    if status == JobStatus.SUCCEEDED
+                    else ()
+                ),
+            )
+            old = chosen.get(job_id)
+            chosen[job_id] = (
+                candidate if old is None else _choose(job_id, old, candidate, sources)
+            )
+    return chosen
+
+
+def _same_content(path: Path, other: Path, facts: ImageFacts) -> bool:
+    with contextlib.suppress(OSError):
+        if os.path.samefile(path, other):
+            return True
+    try:
+        if path.stat().st_size != facts.size:
+            return False
+        return facts_from_file(path, facts.file).sha256 == facts.sha256
+    except OSError:
+        return False
+
+
+def _plan_images(
+    out_dir: Path,
+    sources: Sequence[_Source],
+    index: int,
+    record: Mapping[str, Any],
+    plan: _Plan,
+) -> list[ImageFacts]:
+    """Add the record's images to the plan; conflicts raise before any write."""
+    source = sources[index]
+    job_id = record["job_id"]
+    present, missing = image_facts(source.run_dir, record)
+    if missing:
+        plan.missing += len(missing)
+        log.warning(
+            "job %s: %d image file(s) missing in %s are left out: %s",
+            job_id,
+            len(missing),
+            source.run_dir,
+            ", ".join(missing),
+        )
+    for facts in present:
+        src = source.run_dir / facts.file
+        dest = out_dir / facts.file
+        placed = plan.placed.get(facts.file)
+        if placed is not None:
+            sha, other, other_job = placed
+            if sha != facts.sha256:
+                raise MergeConflictError(
+                    f"job {job_id!r} in {source.run_dir} and job {other_job!r} in "
+                    f"{sources[other].run_dir} both have {facts.file}, with "
+                    "different content",
+                    job_id=job_id,
+                    first=sources[other].run_dir,
+                    second=source.run_dir,
+                )
+            continue
+        if dest.exists() or dest.is_symlink():
+            if not _same_content(dest, src, facts):
+                raise MergeConflictError(
+                    f"job {job_id!r}: {facts.file} from {source.run_dir} already "
+                    f"exists in {out_dir} with different content",
+                    job_id=job_id,
+                    first=source.run_dir,
+                    second=out_dir,
+                )
+        else:
+            plan.copies.append((src, dest))
+        plan.placed[facts.file] = (facts.sha256, index, job_id)
+    return present
+
+
+def _write_ledger_and_plan(
+    fh: IO[bytes],
+    out_dir: Path,
+    sources: Sequence[_Source],
+    chosen: Mapping[str, _Candidate],
+    plan: _Plan,
+) -> None:
+    """The chosen records, input by input in ledger order, so a merge of its own
+    output reproduces it byte for byte."""
+    by_source: dict[int, set[int]] = {}
+    for candidate in chosen.values():
+        by_source.setdefault(candidate.source, set()).add(candidate.lineno)
+    for index, source in enumerate(sources):
+        for _, record in records_at(source.ledger, by_source.get(index, set())):
+            if record["status"] == JobStatus.SUCCEEDED:
+                present = _plan_images(out_dir, sources, index, record, plan)
+                if "images" not in record and present:
+                    # hashed now for a record older than `images`: keep the work
+                    record["images"] = [
+                        {
+                            "file": f.file,
+                            "sha256": f.sha256,
+                            "bytes": f.size,
+                            "width": f.width,
+                            "height": f.height,
+                        }
+                        for f in present
+                    ]
+            fh.write(encode_record(record))
+
+
+def _place(src: Path, dest: Path) -> None:
+    """Hardlink `src` at `dest`, or copy it there (temp name, then rename)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+        return
+    except OSError as exc:
+        # other filesystem, or one without hardlinks: copy instead
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+            raise
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def merge_runs(out_dir: Path, run_dirs: Sequence[Path]) -> MergeReport:
+    """Merge run directories (ledger.jsonl + images/) into `out_dir`: one ledger
+    record per job, the images, and a rebuilt metadata.jsonl.
+
+    Raises MergeConflictError (naming the job and both directories) when inputs
+    disagree, MergeError when `out_dir` is one of the inputs or an input is not
+    a run directory; either way before writing anything. OUT_DIR is locked
+    like a run directory while merging.
+    """
+    if not run_dirs:
+        raise MergeError("nothing to merge: no run directories given")
+    if any(_same_dir(run_dir, out_dir) for run_dir in run_dirs):
+        raise MergeError(f"{out_dir} is one of the inputs; merge into a new directory")
+    for run_dir in run_dirs:
+        if not (run_dir / LEDGER_NAME).is_file():
+            raise MergeError(f"{run_dir} is not a run directory: no {LEDGER_NAME}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir):
+        out_ledger = out_dir / LEDGER_NAME
+        sources = [_Source(d, d / LEDGER_NAME) for d in run_dirs]
+        if out_ledger.is_file():
+            sources.insert(0, _Source(out_dir, out_ledger))
+        chosen = _collect(sources)
+        plan = _Plan()
+        with atomic_file(out_ledger) as fh:
+            _write_ledger_and_plan(fh, out_dir, sources, chosen, plan)
+            for src, dest in plan.copies:
+                _place(src, dest)
+        write_metadata(out_dir)
+    statuses = [c.status for c in chosen.values()]
+    return MergeReport(
+        inputs=tuple(run_dirs),
+        jobs=len(chosen),
+        succeeded=statuses.count(JobStatus.SUCCEEDED),
+        failed=statuses.count(JobStatus.FAILED),
+        submitted=statuses.count(JobStatus.SUBMITTED),
+        images_copied=len(plan.copies),
+        images_missing=plan.missing,
+    )

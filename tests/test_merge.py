@@ -1,0 +1,250 @@
+"""Merging shard run directories: the union, conflicts refused before any write,
+idempotence, and which record wins when inputs disagree."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batch_runner.dataset import write_metadata
+from batch_runner.errors import BatchRunnerError
+from batch_runner.ledger import iter_records, latest_records, make_record
+from batch_runner.merge import MergeConflictError, MergeError, merge_runs
+from batch_runner.models import JobSpec, JobStatus
+
+from .test_dataset import FakeRun, run_cli
+
+SHARD_A: list[dict[str, Any]] = [
+    {"id": "a1", "prompt": "A lighthouse", "seed": 1, "meta": {"shard": "a"}},
+    {"prompt": "A harbour at night", "repeat": 2, "meta": {"shard": "a"}},
+    {"id": "a-bad", "prompt": "[fail] a storm"},
+]
+SHARD_B: list[dict[str, Any]] = [
+    {"id": "b1", "prompt": "A desert road", "meta": {"shard": "b", "n": 1}},
+    {"id": "b2", "prompt": "A red canyon", "seed": 9},
+]
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a directory by relative path, except the lock."""
+    return {
+        p.relative_to(run_dir).as_posix(): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def metadata(run_dir: Path) -> list[dict[str, Any]]:
+    text = (run_dir / "metadata.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_merge_two_cli_shards_is_their_union_and_idempotent(tmp_path: Path) -> None:
+    """Two real shards merge into their union; merging again changes nothing."""
+    a = run_cli(tmp_path, "a", SHARD_A)
+    b = run_cli(tmp_path, "b", SHARD_B)
+    out = tmp_path / "merged"
+
+    report = merge_runs(out, [a, b])
+
+    finals = {
+        **latest_records(a / "ledger.jsonl"),
+        **latest_records(b / "ledger.jsonl"),
+    }
+    assert (report.jobs, report.succeeded, report.failed, report.submitted) == (
+        6,
+        5,
+        1,
+        0,
+    )
+    assert (report.images_copied, report.images_missing) == (5, 0)
+    assert report.inputs == (a, b)
+    merged = list(iter_records(out / "ledger.jsonl"))
+    assert {r["job_id"]: r for r in merged} == finals
+    assert len(merged) == len(finals)
+    for record in merged:
+        source = b if record["job_id"] in ("b1", "b2") else a
+        for file in record.get("files", []):
+            assert os.path.samefile(out / file, source / file)
+    rows = metadata(out)
+    assert sorted(r["job_id"] for r in rows) == sorted(
+        j for j, r in finals.items() if r["status"] == "succeeded"
+    )
+    assert {r["meta_shard"] for r in rows} == {"a", "b", None}
+
+    before = snapshot(out)
+    again = merge_runs(out, [a, b])
+    assert snapshot(out) == before
+    assert again.images_copied == 0
+    assert (again.jobs, again.succeeded, again.failed) == (6, 5, 1)
+
+
+def test_merging_one_shard_at_a_time_equals_merging_both(tmp_path: Path) -> None:
+    """OUT_DIR's own ledger takes part, so merges add up incrementally."""
+    a, b = FakeRun(tmp_path / "a"), FakeRun(tmp_path / "b")
+    a.succeed("x", meta={"s": 1})
+    a.fail("y")
+    b.succeed("z", count=2)
+    merge_runs(tmp_path / "both", [a.dir, b.dir])
+    merge_runs(tmp_path / "steps", [a.dir])
+    report = merge_runs(tmp_path / "steps", [b.dir])
+    assert (report.jobs, report.succeeded, report.images_copied) == (3, 2, 2)
+    assert snapshot(tmp_path / "steps") == snapshot(tmp_path / "both")
+
+
+def test_same_id_with_different_prompt_is_a_conflict_naming_both_dirs(
+    tmp_path: Path,
+) -> None:
+    """One id with two prompts is refused, naming job and dirs, writing nothing."""
+    a = run_cli(tmp_path, "a", [{"id": "hero", "prompt": "A knight"}])
+    b = run_cli(tmp_path, "b", [{"id": "hero", "prompt": "A dragon"}])
+    out = tmp_path / "merged"
+    with pytest.raises(MergeConflictError) as caught:
+        merge_runs(out, [a, b])
+    err = caught.value
+    assert isinstance(err, BatchRunnerError)
+    assert (err.job_id, err.first, err.second) == ("hero", a, b)
+    assert "'hero'" in str(err) and str(a) in str(err) and str(b) in str(err)
+    assert snapshot(out) == {}
+
+
+def test_same_job_with_different_images_is_a_conflict(tmp_path: Path) -> None:
+    """Same request, both succeeded, different image bytes: refused."""
+    a, b = FakeRun(tmp_path / "a"), FakeRun(tmp_path / "b")
+    a.succeed("j", variant=1)
+    b.succeed("j", variant=2)
+    with pytest.raises(MergeConflictError, match="different images") as caught:
+        merge_runs(tmp_path / "out", [a.dir, b.dir])
+    assert (caught.value.first, caught.value.second) == (a.dir, b.dir)
+
+
+def test_identical_duplicates_merge_and_the_first_record_is_kept(
+    tmp_path: Path,
+) -> None:
+    """The same job with the same image in two inputs is fine; one record results."""
+    a, b = FakeRun(tmp_path / "a"), FakeRun(tmp_path / "b")
+    first = a.succeed("j", seed=4)
+    b.succeed("j", seed=4)
+    report = merge_runs(tmp_path / "out", [a.dir, b.dir])
+    assert (report.jobs, report.succeeded, report.images_copied) == (1, 1, 1)
+    assert list(iter_records(tmp_path / "out" / "ledger.jsonl")) == [first]
+
+
+@pytest.mark.parametrize("succeeded_first", [True, False])
+def test_succeeded_wins_over_failed_and_submitted(
+    tmp_path: Path, succeeded_first: bool
+) -> None:
+    """In any input order, succeeded beats submitted, which beats failed."""
+    ok, bad = FakeRun(tmp_path / "ok"), FakeRun(tmp_path / "bad")
+    won = ok.succeed("j")
+    bad.fail("j")
+    bad.fail("k")
+    ok.append(
+        make_record(JobSpec("k", "a prompt", "1:1"), JobStatus.SUBMITTED, taskid="t")
+    )
+    order = [ok.dir, bad.dir] if succeeded_first else [bad.dir, ok.dir]
+    report = merge_runs(tmp_path / "out", order)
+    finals = latest_records(tmp_path / "out" / "ledger.jsonl")
+    assert finals["j"]["status"] == "succeeded" and finals["j"] == won
+    assert finals["k"]["status"] == "submitted"
+    assert (report.succeeded, report.failed, report.submitted) == (1, 0, 1)
+    assert [r["job_id"] for r in metadata(tmp_path / "out")] == ["j"]
+
+
+def test_existing_file_with_other_content_is_a_conflict(tmp_path: Path) -> None:
+    """A file already in OUT_DIR with other bytes is refused before any write."""
+    a = FakeRun(tmp_path / "a")
+    a.succeed("first")
+    a.succeed("clash")
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "clash.png").write_bytes(b"something else")
+    with pytest.raises(MergeConflictError, match=r"clash\.png") as caught:
+        merge_runs(out, [a.dir])
+    assert (caught.value.job_id, caught.value.first, caught.value.second) == (
+        "clash",
+        a.dir,
+        out,
+    )
+    assert sorted(snapshot(out)) == ["images/clash.png"]
+
+
+def test_two_jobs_claiming_one_file_name_conflict(tmp_path: Path) -> None:
+    """Job "x" with two images and job "x-0" both write images/x-0.png: refused."""
+    a, b = FakeRun(tmp_path / "a"), FakeRun(tmp_path / "b")
+    a.succeed("x", count=2)
+    b.succeed("x-0", "other")
+    with pytest.raises(MergeConflictError, match=r"x-0\.png"):
+        merge_runs(tmp_path / "out", [a.dir, b.dir])
+
+
+def test_out_dir_that_is_an_input_is_refused(tmp_path: Path) -> None:
+    """Merging a directory into itself (also through a symlink) is refused."""
+    a = FakeRun(tmp_path / "a")
+    a.succeed("j")
+    before = snapshot(a.dir)
+    with pytest.raises(MergeError, match="one of the inputs"):
+        merge_runs(a.dir, [a.dir])
+    (tmp_path / "link").symlink_to(a.dir)
+    with pytest.raises(MergeError, match="one of the inputs"):
+        merge_runs(tmp_path / "link", [tmp_path / "other", a.dir])
+    with pytest.raises(MergeError, match="not a run directory"):
+        merge_runs(tmp_path / "out", [tmp_path / "missing"])
+    assert snapshot(a.dir) == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_images_are_copied_when_hardlinks_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Across filesystems (EXDEV) images are copied, complete, under the same name."""
+    a = FakeRun(tmp_path / "a")
+    a.succeed("j", count=2)
+
+    def cross_device(src: Any, dst: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    report = merge_runs(tmp_path / "out", [a.dir])
+    assert report.images_copied == 2
+    for name in ("j-0.png", "j-1.png"):
+        copy, source = tmp_path / "out" / "images" / name, a.dir / "images" / name
+        assert copy.read_bytes() == source.read_bytes()
+        assert not os.path.samefile(copy, source)
+    assert [
+        p.name for p in (tmp_path / "out" / "images").iterdir() if p.name[0] == "."
+    ] == []
+
+
+def test_old_records_gain_images_and_missing_files_are_counted(
+    tmp_path: Path,
+) -> None:
+    """Old records gain `images`; files gone from an input are counted."""
+    a = FakeRun(tmp_path / "a")
+    a.succeed("old", legacy=True)
+    a.succeed("gone")
+    (a.dir / "images" / "gone.png").unlink()
+    report = merge_runs(tmp_path / "out", [a.dir])
+    assert (report.images_copied, report.images_missing) == (1, 1)
+    finals = latest_records(tmp_path / "out" / "ledger.jsonl")
+    (facts,) = finals["old"]["images"]
+    assert facts["file"] == "images/old.png" and facts["width"] == 16
+    assert write_metadata(tmp_path / "out") == 1
+
+
+def test_equal_duplicate_with_its_file_on_disk_is_preferred(tmp_path: Path) -> None:
+    """Of two equal successes, the one whose image still exists is merged."""
+    a, b = FakeRun(tmp_path / "a"), FakeRun(tmp_path / "b")
+    a.succeed("j")
+    (a.dir / "images" / "j.png").unlink()
+    b.succeed("j")
+    report = merge_runs(tmp_path / "out", [a.dir, b.dir])
+    assert (report.images_copied, report.images_missing) == (1, 0)
+    assert os.path.samefile(
+        tmp_path / "out" / "images" / "j.png", b.dir / "images" / "j.png"
+    )
