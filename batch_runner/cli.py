@@ -455,7 +455,18 @@ def cmd_merge(ns: argparse.Namespace) -> int:
     from batch_runner.merge import merge_runs
 
     report = merge_runs(ns.out_dir, ns.run_dirs)
-    log.info("merged %s", report)
+    log.info(
+        "merged %d run director%s into %s: %d jobs (%d succeeded, %d failed, "
+        "%d submitted), %d image(s) copied",
+        len(report.inputs),
+        "y" if len(report.inputs) == 1 else "ies",
+        ns.out_dir,
+        report.jobs,
+        report.succeeded,
+        report.failed,
+        report.submitted,
+        report.images_copied,
+    )
     return ExitCode.OK
 
 

@@ -259,3 +259,38 @@ def test_kubernetes_and_slurm_examples_are_valid() -> None:
     assert "SLURM_ARRAY_TASK_ID" in text
     if shutil.which("bash"):
         subprocess.run(["bash", "-n", str(slurm)], check=True)
+
+
+def test_gallery_export_and_merge_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gallery, export and merge subcommands work from the command line."""
+    import tarfile
+
+    a = write_manifest(tmp_path / "a.yaml", 4, prefix="a")
+    b = write_manifest(tmp_path / "b.yaml", 3, prefix="b")
+    assert run_mock(a, tmp_path / "ra") == 0
+    assert run_mock(b, tmp_path / "rb") == 0
+    assert (tmp_path / "ra" / "metadata.jsonl").read_text().count("\n") == 4
+    assert main(["gallery", str(tmp_path / "ra")]) == 0
+    assert (tmp_path / "ra" / "index.html").read_text().count("<img") == 4
+    assert (
+        main(
+            ["export", str(tmp_path / "ra"), str(tmp_path / "wds"), "--shard-size", "3"]
+        )
+        == 0
+    )
+    shards = sorted((tmp_path / "wds").glob("*.tar"))
+    assert len(shards) == 2
+    with tarfile.open(shards[0]) as tar:
+        names = tar.getnames()
+    assert len(names) == 6 and all("." not in n.rsplit(".", 1)[0] for n in names)
+    assert (
+        main(
+            ["merge", str(tmp_path / "all"), str(tmp_path / "ra"), str(tmp_path / "rb")]
+        )
+        == 0
+    )
+    merged = final_states(tmp_path / "all" / "ledger.jsonl")
+    assert len(merged) == 7 and len(list((tmp_path / "all" / "images").iterdir())) == 7
+    assert "merged 2 run directories" in capsys.readouterr().err
