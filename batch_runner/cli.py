@@ -302,7 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("run_dir", type=Path, metavar="DIR")
     export.add_argument("out", type=Path, metavar="OUT")
-    export.add_argument("--format", choices=("webdataset",), default="webdataset")
+    export.add_argument(
+        "--format",
+        choices=("webdataset",),
+        default="webdataset",
+        help="output format (default webdataset)",
+    )
     export.add_argument(
         "--shard-size",
         type=_positive_int,

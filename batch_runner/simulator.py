@@ -748,7 +748,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="credits (default unlimited)",
     )
     add("--fail-marker", default=d.fail_marker, help="prompts containing this fail")
-    add("--images-per-task", type=int, default=d.images_per_task)
+    add(
+        "--images-per-task",
+        type=int,
+        default=d.images_per_task,
+        help="image URLs per finished task",
+    )
     add(
         "--image-scale",
         type=float,
@@ -756,7 +761,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="served size / requested",
     )
     add("--url-in-submit", action="store_true", help="answer submits with image URLs")
-    add("--unknown-task", choices=("9999", "404"), default=d.unknown_task)
+    add(
+        "--unknown-task",
+        choices=("9999", "404"),
+        default=d.unknown_task,
+        help="how a poll for an unknown taskid is answered: code 9999 or HTTP 404",
+    )
     add(
         "--max-active-tasks",
         type=_optional_int,
