@@ -232,6 +232,12 @@ def _add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="progress bar (default: on if stderr is a terminal)",
     )
+    add(
+        "--event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: uvloop when installed (auto), or force one",
+    )
     _add_logging(run)
     add(
         "--mock-fault-rate",
@@ -395,6 +401,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         credits_per_image=ns.credits_per_image,
         mock_fault_rate=ns.mock_fault_rate,
         mock_generation_time=ns.mock_generation_time,
+        event_loop=ns.event_loop,
     )
     lock: contextlib.AbstractContextManager[object] = (
         contextlib.nullcontext() if ns.dry_run else RunLock(out_dir)

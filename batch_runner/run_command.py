@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +68,26 @@ class RunConfig:
     credits_per_image: float | None = None
     mock_fault_rate: float = 0.0
     mock_generation_time: float = 0.5
+    #: "auto" uses uvloop when it is installed
+    event_loop: str = "auto"
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when asked for (or, with "auto", when installed)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise BatchRunnerError(
+                "--event-loop uvloop: uvloop is not installed "
+                "(pip install 'zimage-batch-runner[fast]')"
+            ) from None
+        return None
+    log.debug("using uvloop")
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def remove_partial_downloads(images_dir: Path) -> None:
@@ -135,7 +155,8 @@ def execute(cfg: RunConfig) -> int:
     if cfg.dry_run:
         return dry_run(cfg, counts)
     log.info("%s", describe_plan(counts, cfg))
-    result = asyncio.run(_run(cfg, state, counts))
+    with asyncio.Runner(loop_factory=loop_factory(cfg.event_loop)) as loop_runner:
+        result = loop_runner.run(_run(cfg, state, counts))
     refresh_metadata(cfg)
     return finish(result, counts, started)
 

@@ -294,3 +294,13 @@ def test_gallery_export_and_merge_commands(
     merged = final_states(tmp_path / "all" / "ledger.jsonl")
     assert len(merged) == 7 and len(list((tmp_path / "all" / "images").iterdir())) == 7
     assert "merged 2 run directories" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_event_loop_choice(tmp_path: Path, loop: str) -> None:
+    """Runs complete on the plain asyncio loop and on uvloop (when installed)."""
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    manifest = write_manifest(tmp_path / "m.yaml", 3)
+    assert run_mock(manifest, tmp_path / "out", "--event-loop", loop) == 0
+    assert len(final_states(tmp_path / "out" / "ledger.jsonl")) == 3
