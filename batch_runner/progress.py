@@ -43,7 +43,8 @@ class TqdmProgress:
     def advance(self, succeeded: int = 0, failed: int = 0) -> None:
         self._ok += succeeded
         self._failed += failed
-        if failed:
+        if self._failed:
+            # once something failed, keep both counts current next to the bar
             self._bar.set_postfix(ok=self._ok, failed=self._failed, refresh=False)
         self._bar.update(succeeded + failed)
 
