@@ -25,8 +25,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import quote
 
-from batch_runner.errors import LedgerError
 from batch_runner.images import image_size, sniff_extension
+from batch_runner.ledger import ledger_lines, parse_record
 from batch_runner.models import JobStatus
 
 log = logging.getLogger("batch_runner.dataset")
@@ -36,7 +36,6 @@ LEDGER_NAME = "ledger.jsonl"
 META_PREFIX = "meta_"
 SHARD_PATTERN = "shard-{:06d}.tar"
 
-_KNOWN_STATUSES = frozenset(s.value for s in JobStatus)
 _SHARD_RE = re.compile(r"shard-(\d{6})\.tar")
 #: the start of a line as LedgerWriter lays it out; ids with escapes do not match
 _FAST_HEAD = re.compile(
@@ -71,33 +70,6 @@ CORE_COLUMNS = (
 # -- reading the ledger -------------------------------------------------------
 
 
-def _ledger_lines(path: Path) -> Iterator[bytes]:
-    try:
-        fh = path.open("rb")
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
-    with fh:
-        yield from fh
-
-
-def _parse(raw: bytes) -> dict[str, Any] | None:
-    """The record on one line, or None for what `ledger.iter_records` skips too."""
-    try:
-        record = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if (
-        isinstance(record, dict)
-        and isinstance(record.get("job_id"), str)
-        and record["job_id"]
-        and record.get("status") in _KNOWN_STATUSES
-    ):
-        return record
-    return None
-
-
 def records_at(
     path: Path, linenos: Collection[int]
 ) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -106,9 +78,9 @@ def records_at(
     if not linenos:
         return
     stop = max(linenos)
-    for lineno, raw in enumerate(_ledger_lines(path)):
+    for lineno, raw in enumerate(ledger_lines(path)):
         if lineno in linenos:
-            record = _parse(raw)
+            record = parse_record(raw)
             if record is not None:
                 yield lineno, record
         if lineno >= stop:
@@ -121,13 +93,13 @@ def final_lines(
     """0-based line numbers of each job's last record, when its status is in
     `statuses`. Holds only job id -> line number, never the records."""
     last: dict[str, tuple[int, bool]] = {}
-    for lineno, raw in enumerate(_ledger_lines(path)):
+    for lineno, raw in enumerate(ledger_lines(path)):
         # as in ledger.replay: a whole line from our writer needs no JSON parse
         head = _FAST_HEAD.match(raw)
         if head is not None and raw.endswith(b"}\n"):
             last[head[1].decode()] = (lineno, head[2].decode() in statuses)
             continue
-        record = _parse(raw)
+        record = parse_record(raw)
         if record is not None:
             last[record["job_id"]] = (lineno, record["status"] in statuses)
     return {lineno for lineno, keep in last.values() if keep}

@@ -303,9 +303,8 @@ class LedgerWriter:
             self._fh = None
 
 
-def iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Every readable record of a ledger in order; unreadable lines are skipped
-    (`read_ledger` reports them)."""
+def ledger_lines(path: Path) -> Iterator[bytes]:
+    """The raw lines of a ledger (or any JSONL file); a missing file has none."""
     try:
         fh = path.open("rb")
     except FileNotFoundError:
@@ -313,17 +312,32 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     except OSError as exc:
         raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
     with fh:
-        for raw in fh:
-            try:
-                record = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                continue
-            if (
-                isinstance(record, dict)
-                and isinstance(record.get("job_id"), str)
-                and record.get("status") in _KNOWN_STATUSES
-            ):
-                yield record
+        yield from fh
+
+
+def parse_record(raw: bytes) -> dict[str, Any] | None:
+    """The record on one line, or None if it is unreadable or not a record."""
+    try:
+        record = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if (
+        isinstance(record, dict)
+        and isinstance(record.get("job_id"), str)
+        and record["job_id"]
+        and record.get("status") in _KNOWN_STATUSES
+    ):
+        return record
+    return None
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Every readable record of a ledger in order; unreadable lines are skipped
+    (`read_ledger` reports them)."""
+    for raw in ledger_lines(path):
+        record = parse_record(raw)
+        if record is not None:
+            yield record
 
 
 def latest_records(path: Path) -> dict[str, dict[str, Any]]:

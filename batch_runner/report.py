@@ -12,13 +12,13 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from batch_runner.audit import suspected_duplicate_submits
-from batch_runner.ledger import iter_records
+from batch_runner.ledger import iter_records, ledger_lines
 from batch_runner.manifest import validate_manifest
 
 _HEAD = re.compile(rb'^\{"job_id":"((?:[^"\\]|\\.)*)","status":"(\w+)"')
@@ -149,33 +149,24 @@ def run_status(
         attempts = run_dir / "attempts.jsonl"
         if attempts.exists():
             status.suspected_duplicates = suspected_duplicate_submits(
-                _submit_outcomes(ledger), _json_lines(attempts)
+                _submit_outcomes(ledger), _json_objects(ledger_lines(attempts))
             )
     return status
 
 
 def _submit_outcomes(ledger: Path) -> Iterator[dict[str, Any]]:
     # only records that describe a submit carry "attempts"; skip parsing the rest
-    with ledger.open("rb") as fh:
-        for raw in fh:
-            if b'"attempts":' in raw:
-                try:
-                    rec = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    yield rec
+    return _json_objects(raw for raw in ledger_lines(ledger) if b'"attempts":' in raw)
 
 
-def _json_lines(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open("rb") as fh:
-        for raw in fh:
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                yield rec
+def _json_objects(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    for raw in lines:
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            yield rec
 
 
 def format_status(status: RunStatus, name: str) -> str:
