@@ -25,7 +25,9 @@ from batch_runner.lock import RunLock
 from batch_runner.logs import setup_logging
 from batch_runner.progress import TqdmLoggingHandler
 from batch_runner.report import format_status, run_status, write_failed_csv
+from batch_runner.retry import RetryPolicy
 from batch_runner.run_command import RunConfig, execute
+from batch_runner.runner import RunOptions
 from batch_runner.sharding import Shard, choose_shard
 
 log = logging.getLogger("batch_runner")
@@ -380,22 +382,24 @@ def cmd_run(ns: argparse.Namespace) -> int:
         ledger=ns.ledger or out_dir / "ledger.jsonl",
         api_key=api_key,
         base_url=base_url,
-        concurrency=ns.concurrency or ns.max_concurrency,
-        adaptive=ns.concurrency is None,
-        max_concurrency=ns.max_concurrency,
-        rate=ns.rate,
-        retries=ns.retries,
-        poll_interval=ns.poll_interval,
-        job_timeout=ns.job_timeout,
+        options=RunOptions(
+            concurrency=ns.concurrency or ns.max_concurrency,
+            adaptive=ns.concurrency is None,
+            max_concurrency=ns.max_concurrency,
+            rate=ns.rate,
+            retry=RetryPolicy(attempts=ns.retries + 1),
+            poll_interval=ns.poll_interval,
+            job_timeout=ns.job_timeout,
+            download=ns.download,
+            grace=ns.grace,
+            max_jobs=ns.max_jobs,
+            max_failures=ns.max_failures,
+        ),
         request_timeout=ns.request_timeout,
-        grace=ns.grace,
         retry_failed=ns.retry_failed,
-        download=ns.download,
         max_image_bytes=ns.max_image_bytes,
         fsync=ns.fsync,
         progress=use_tqdm and not ns.dry_run,
-        max_jobs=ns.max_jobs,
-        max_failures=ns.max_failures,
         shard=shard,
         dry_run=ns.dry_run,
         credits_per_image=ns.credits_per_image,

@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -28,7 +28,6 @@ from batch_runner.manifest import iter_jobs, validate_manifest
 from batch_runner.models import JobSpec
 from batch_runner.plan import Action, PlanCounts, plan_counter, work_items
 from batch_runner.progress import NullProgress, Progress, TqdmProgress
-from batch_runner.retry import RetryPolicy
 from batch_runner.runner import Runner, RunOptions, RunResult, StopReason
 from batch_runner.sharding import Shard
 
@@ -47,22 +46,12 @@ class RunConfig:
     api_key: str
     #: None means: start the built-in simulator (--mock)
     base_url: str | None
-    concurrency: int = 8
-    adaptive: bool = False
-    max_concurrency: int = 256
-    rate: float | None = None
-    retries: int = 5
-    poll_interval: float = 1.0
-    job_timeout: float = 900.0
+    options: RunOptions = field(default_factory=RunOptions)
     request_timeout: float = 60.0
-    grace: float = 10.0
     retry_failed: bool = False
-    download: bool = True
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     fsync: bool = False
     progress: bool = False
-    max_jobs: int | None = None
-    max_failures: int | None = None
     shard: Shard | None = None
     dry_run: bool = False
     credits_per_image: float | None = None
@@ -117,8 +106,8 @@ def dry_run(cfg: RunConfig, counts: PlanCounts) -> int:
     """Print the plan and the credits it would spend; sends nothing."""
     c = counts.counts
     to_submit = c[Action.SUBMIT]
-    if cfg.max_jobs is not None:
-        to_submit = min(to_submit, cfg.max_jobs)
+    if cfg.options.max_jobs is not None:
+        to_submit = min(to_submit, cfg.options.max_jobs)
     print(f"plan: {describe_plan(counts, cfg)}")
     print(f"  to submit:       {to_submit}")
     print(f"  to poll:         {c[Action.POLL]}")
@@ -222,19 +211,7 @@ async def _run(cfg: RunConfig, state: ResumeState, counts: PlanCounts) -> RunRes
         runner = Runner(
             client,
             ledger,
-            RunOptions(
-                concurrency=cfg.concurrency,
-                adaptive=cfg.adaptive,
-                max_concurrency=cfg.max_concurrency,
-                rate=cfg.rate,
-                retry=RetryPolicy(attempts=cfg.retries + 1),
-                poll_interval=cfg.poll_interval,
-                job_timeout=cfg.job_timeout,
-                download=cfg.download,
-                grace=cfg.grace,
-                max_jobs=cfg.max_jobs,
-                max_failures=cfg.max_failures,
-            ),
+            cfg.options,
             out_dir=cfg.out_dir,
             progress=progress,
             attempt_log=attempt_log,
