@@ -438,11 +438,15 @@ class Runner:
         loop = asyncio.get_running_loop()
         started = loop.time()
         interval = self._opt.poll_interval
+        # Polls keep to a timeline counted from the submit (t0 + k * interval),
+        # so a slow poll response does not push every later poll back.
+        next_poll = started if poll_first else started + interval
         try:
             async with asyncio.timeout(self._opt.job_timeout):
-                if not poll_first:
-                    await asyncio.sleep(interval)
                 while True:
+                    wait = next_poll - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                     result, _ = await self._call(
                         lambda: self._api.poll(taskid), job, "poll"
                     )
@@ -457,10 +461,12 @@ class Runner:
                             code=result.code,
                         )
                         return None
+                    now = loop.time()
                     interval = next_poll_interval(
-                        loop.time() - started, interval, self._opt.poll_interval
+                        now - started, interval, self._opt.poll_interval
                     )
-                    await asyncio.sleep(interval)
+                    # never two polls back to back after a stall
+                    next_poll = max(next_poll + interval, now + interval / 2)
         except TimeoutError:
             await self._record_failed(
                 job,
