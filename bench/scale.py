@@ -1,0 +1,181 @@
+"""Scale: planning a resume of a 1,000,000-job manifest stays fast and small.
+
+Generates (once, cached under bench/results/scale-cache/ keyed by size) a CSV
+manifest of N rows (prompt, seed, meta.k; ids derived by the runner) and a
+ledger of N lines in which the first half of the jobs are done: each has a
+"submitted" line and a "succeeded" line, as a real run writes them, with ids
+taken from batch_runner.manifest.iter_jobs so they match. Then measures wall
+time and the child's own peak RSS (wait4) of
+
+    python -m batch_runner run M.csv --dry-run --out DIR
+    python -m batch_runner status M.csv --out DIR --json
+
+and checks each printed the expected counts. Goals: peak RSS < 300 MB and
+plan time < 15 s.
+
+    python bench/scale.py [--rows 1000000] [--runs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import PY, REPO, BenchError, child_env, measure, write_csv_manifest
+
+from batch_runner.ledger import encode_record, make_record
+from batch_runner.manifest import iter_jobs
+from batch_runner.models import JobStatus
+
+CACHE_VERSION = 1
+RSS_GOAL_MB = 300.0
+TIME_GOAL_S = 15.0
+DEFAULT_CACHE = REPO / "bench" / "results" / "scale-cache"
+
+
+@dataclass(frozen=True)
+class ScaleFiles:
+    rows: int
+    manifest: Path
+    run_dir: Path
+    ledger_lines: int
+    done_jobs: int
+
+
+def prepare(rows: int, cache: Path = DEFAULT_CACHE) -> tuple[ScaleFiles, float]:
+    """The cached manifest and ledger for `rows`; builds them if missing.
+
+    Returns the files and the seconds spent generating (0 when cached).
+    """
+    base = cache / f"rows-{rows}"
+    manifest = base / "manifest.csv"
+    run_dir = base / "run"
+    marker = base / "complete.json"
+    done = rows // 2
+    files = ScaleFiles(rows, manifest, run_dir, 2 * done, done)
+    try:
+        meta = json.loads(marker.read_text())
+        if meta == {"version": CACHE_VERSION, "rows": rows, "lines": 2 * done}:
+            return files, 0.0
+    except (OSError, ValueError):
+        pass
+    started = time.perf_counter()
+    marker.unlink(missing_ok=True)
+    write_csv_manifest(manifest, rows, tag="scale")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ledger = run_dir / "ledger.jsonl"
+    tmp = ledger.with_suffix(".tmp")
+    ts = "2026-01-01T00:00:00.000+00:00"
+    with tmp.open("wb") as out:
+        chunk: list[bytes] = []
+        for n, job in enumerate(iter_jobs(manifest)):
+            if n >= done:
+                break
+            taskid = f"zimg_{n:016x}"
+            url = f"https://cdn.example.com/images/{taskid}_0.png"
+            submitted = make_record(
+                job, JobStatus.SUBMITTED, taskid=taskid, code=1000, ts=ts,
+                msg="Task created successfully", attempts=1, run="bench-run",
+            )  # fmt: skip
+            succeeded = make_record(
+                job, JobStatus.SUCCEEDED, taskid=taskid, urls=[url], code=1000,
+                msg="ok", files=[f"images/{job.job_id}.png"], ts=ts,
+            )  # fmt: skip
+            succeeded["images"] = [
+                {
+                    "file": f"images/{job.job_id}.png",
+                    "sha256": f"{n:064x}",
+                    "bytes": 1234,
+                    "width": 1024,
+                    "height": 1024,
+                }
+            ]
+            chunk.append(encode_record(submitted))
+            chunk.append(encode_record(succeeded))
+            if len(chunk) >= 20_000:
+                out.write(b"".join(chunk))
+                chunk.clear()
+        out.write(b"".join(chunk))
+    tmp.replace(ledger)
+    marker.write_text(
+        json.dumps({"version": CACHE_VERSION, "rows": rows, "lines": 2 * done})
+    )
+    return files, time.perf_counter() - started
+
+
+def _check_dry_run(stdout: str, files: ScaleFiles) -> None:
+    want = f"{files.rows - files.done_jobs} to submit"
+    if want not in stdout or f"{files.done_jobs} already done" not in stdout:
+        raise BenchError(f"dry run printed an unexpected plan:\n{stdout[-1000:]}")
+
+
+def _check_status(stdout: str, files: ScaleFiles) -> None:
+    status = json.loads(stdout.strip().splitlines()[-1])
+    got = (status.get("succeeded"), status.get("pending"))
+    if got != (files.done_jobs, files.rows - files.done_jobs):
+        raise BenchError(f"status counted (succeeded, pending) = {got}")
+
+
+def run_scale(rows: int, runs: int = 1, cache: Path = DEFAULT_CACHE) -> dict[str, Any]:
+    """Measure the dry-run plan and `status` on the cached files; runs alternate."""
+    files, generated_s = prepare(rows, cache)
+    commands = {
+        "plan (run --dry-run)": [
+            PY, "-m", "batch_runner", "run", str(files.manifest),
+            "--dry-run", "--out", str(files.run_dir), "--no-progress",
+        ],
+        "status --json": [
+            PY, "-m", "batch_runner", "status", str(files.manifest),
+            "--out", str(files.run_dir), "--json",
+        ],
+    }  # fmt: skip
+    checks = {"plan (run --dry-run)": _check_dry_run, "status --json": _check_status}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    env = child_env(key=None)
+    for _ in range(runs):
+        for name, cmd in commands.items():
+            m = measure(cmd, timeout=600, env=env).check()
+            checks[name](m.stdout, files)
+            samples[name].append((m.wall_s, m.peak_rss_mb))
+    rows_out = []
+    for name, got in samples.items():
+        wall = statistics.median(s for s, _ in got)
+        rss = max(r for _, r in got)
+        rows_out.append(
+            {
+                "command": name,
+                "rows": rows,
+                "ledger_lines": files.ledger_lines,
+                "runs": len(got),
+                "wall_s": round(wall, 2),
+                "peak_rss_mb": round(rss, 1),
+                "time_ok": wall < TIME_GOAL_S,
+                "rss_ok": rss < RSS_GOAL_MB,
+            }
+        )
+    return {
+        "rows": rows,
+        "ledger_lines": files.ledger_lines,
+        "manifest_mb": round(files.manifest.stat().st_size / 2**20, 1),
+        "ledger_mb": round((files.run_dir / "ledger.jsonl").stat().st_size / 2**20, 1),
+        "generated_s": round(generated_s, 1),
+        "results": rows_out,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    args = p.parse_args()
+    print(json.dumps(run_scale(args.rows, args.runs, args.cache), indent=2))
+
+
+if __name__ == "__main__":
+    main()
