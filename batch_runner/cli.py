@@ -522,6 +522,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(COMMANDS[ns.command](ns))
+    except KeyboardInterrupt:
+        # Ctrl-C outside the run loop (validating a big manifest, writing the
+        # metadata): nothing half-done to clean up, so no traceback either
+        log.warning("interrupted")
+        return ExitCode.SIGINT
     except ManifestError as exc:
         log.error("%s", exc)
         return ExitCode.USAGE
