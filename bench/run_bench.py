@@ -62,7 +62,7 @@ class Plan:
     latency_poll: float = 0.25
     scale_rows: int = 1_000_000
     scale_runs: int = 2
-    peer_sizes: tuple[int, ...] = (10_000, 50_000)
+    peer_sizes: tuple[int, ...] = (10_000, 200_000)
     adaptive_jobs: int = 600
     sweep_concurrency: tuple[int, ...] = (8, 16, 32, 64, 128)
     sweep_jobs: int = 2000
@@ -499,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--peer-sizes",
         help="comma list of job counts for the peers section "
-        "(default 10000,50000; quick 2000,20000)",
+        "(default 10000,200000; quick 2000,20000)",
     )
     args = p.parse_args(argv)
     if args.only:
