@@ -83,7 +83,8 @@ class RunOptions:
     #: find the concurrency by AIMD between 1 and `max_concurrency`
     adaptive: bool = False
     max_concurrency: int = 256
-    #: a 429 or 503 does not use up a retry, up to this many per request
+    #: a 429 (or 503 with Retry-After) does not use up a retry, up to this many
+    #: per request
     max_throttled: int = 100
     rate: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -105,7 +106,7 @@ class RunResult:
     unfinished: int = 0
     submits: int = 0
     retries: int = 0
-    #: 429/503 answers (the server pacing us)
+    #: 429 (or 503 + Retry-After) answers: the server pacing us
     throttled: int = 0
     #: most jobs in flight at once
     peak_concurrency: int = 0
@@ -544,8 +545,9 @@ class Runner:
     ) -> tuple[T, int]:
         """Run `op`, retrying transient failures; returns (result, attempts).
 
-        A 429 (or 503) is the server pacing us, not the request failing: it
-        waits as told and, up to `max_throttled` times, does not use up a retry.
+        A 429 (or a 503 with Retry-After) is the server pacing us, not the
+        request failing: it waits as told and, up to `max_throttled` times, does
+        not use up a retry.
         """
         policy = self._opt.retry
         attempt = 0
@@ -556,7 +558,11 @@ class Runner:
             try:
                 result = await op()
             except TransientApiError as exc:
-                pacing = exc.http_status in (429, 503)
+                # 429, or 503 with Retry-After, is the server pacing us; a bare
+                # 503 may be an outage, which must use up retries and fail
+                pacing = exc.http_status == 429 or (
+                    exc.http_status == 503 and exc.retry_after is not None
+                )
                 if pacing:
                     self.result.throttled += 1
                     if self._aimd is not None:

@@ -293,3 +293,25 @@ async def test_adaptive_concurrency_finds_the_server_limit(
     fixed, auto = results["fixed"], results["auto"]
     assert fixed[1] > 0 and auto[1] < fixed[1] / 2
     assert auto[0].peak_concurrency <= 32
+
+
+async def test_429_paces_without_using_retries_but_bare_503_does(
+    sim: SimFactory, tmp_path: Path
+) -> None:
+    """A 429 waits without spending a retry (up to max_throttled); a 503 without
+    Retry-After is an outage and spends retries, so the job fails in bounded time."""
+    options = RunOptions(
+        retry=RetryPolicy(attempts=2, wait_initial=0.0, wait_max=0.0),
+        poll_interval=0.01,
+        max_throttled=5,
+    )
+    for kind, requests in (("429", 5 + 2), ("503", 2)):
+        server = await sim(fault_rate=1.0, fault_kinds=(kind,), retry_after=0.01)
+        result, _ = await run_jobs(
+            server.url,
+            tmp_path / kind,
+            [WorkItem(JobSpec(job_id="x", prompt="p"))],
+            options,
+        )
+        assert result.failed == 1, kind
+        assert server.state.snapshot()["submits_total"] == requests, kind
