@@ -9,12 +9,12 @@ import aiohttp
 import pytest
 from hypothesis import settings
 
+from batch_runner.simulator import RunningSimulator, SimulatorConfig, start_simulator
+
 # Shared, noisy machines: a property test must fail on a wrong answer, never on a
 # slow example (hypothesis's default per-example deadline is 200 ms).
 settings.register_profile("shared-machine", deadline=None)
 settings.load_profile("shared-machine")
-
-from batch_runner.simulator import RunningSimulator, SimulatorConfig, start_simulator
 
 KEY = "test-key-0123456789"
 
