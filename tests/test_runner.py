@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from pathlib import Path
 
@@ -98,18 +97,20 @@ async def test_all_jobs_succeed_within_the_concurrency_limit(
 
 
 async def test_rate_limit_spaces_submits(sim: SimFactory, tmp_path: Path) -> None:
-    """--rate R spaces submits at least 1/R apart, with no initial burst."""
+    """--rate R starts submit k no earlier than k/R after the run began: evenly
+    spaced from the first, with no initial burst."""
     server = await sim()
     options = RunOptions(
         concurrency=10, rate=20.0, retry=FAST.retry, poll_interval=0.01
     )
+    began = time.monotonic()
     _, spy = await run_jobs(
         server.url, tmp_path, [WorkItem(j) for j in jobs(8)], options, spy=True
     )
     assert spy is not None
-    times = sorted(spy.submit_times)
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) >= 0.05 * 0.9
+    # a sleep never ends early, so lateness on a busy machine cannot fail this
+    for k, started in enumerate(sorted(spy.submit_times)):
+        assert started >= began + k / 20.0 - 1e-3
 
 
 async def test_faults_are_retried_and_designed_failures_fail(

@@ -312,7 +312,8 @@ def test_concurrent_runs_on_one_directory_second_exits_4(tmp_path: Path) -> None
         wait_for(lambda: (out / "ledger.jsonl").exists())
         started = time.monotonic()
         second = run_runner([str(manifest), "--base-url", sim.url, "--out", str(out)])
-        assert time.monotonic() - started < 5
+        # interpreter start-up included; the lock itself is checked at once
+        assert time.monotonic() - started < 10
         first.send_signal(signal.SIGINT)
         first.communicate(timeout=30)
     assert second.returncode == 4
