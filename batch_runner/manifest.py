@@ -10,7 +10,7 @@ import enum
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -63,6 +63,9 @@ class ManifestSummary:
     duplicates_skipped: int
     #: human-readable, each naming file:line
     warnings: tuple[str, ...]
+    #: derived ids that more than one row produced; `iter_jobs(repeated=...)`
+    #: needs to remember only these (usually none) instead of every id
+    repeated: frozenset[str] = frozenset()
 
 
 def validate_manifest(
@@ -77,6 +80,7 @@ def validate_manifest(
     ids = _IdSet()
     jobs = skipped = duplicate_rows = 0
     duplicates: list[tuple[int, str]] = []
+    repeated: set[str] = set()
     last_duplicate_line = 0
     for row, job_id, _, explicit in _expanded(where):
         seen = ids.add(job_id, explicit)
@@ -86,6 +90,7 @@ def validate_manifest(
                 on_job(job_id)
         elif seen is _Seen.SAME_JOB:
             skipped += 1
+            repeated.add(job_id)
             # One warning per manifest row, not per copy of a repeated job.
             if row.line != last_duplicate_line:
                 last_duplicate_line = row.line
@@ -101,20 +106,33 @@ def validate_manifest(
         jobs=jobs,
         duplicates_skipped=skipped,
         warnings=_duplicate_warnings(where, duplicates, duplicate_rows),
+        repeated=frozenset(repeated),
     )
 
 
-def iter_jobs(path: str | os.PathLike[str]) -> Iterator[JobSpec]:
+def iter_jobs(
+    path: str | os.PathLike[str], *, repeated: Collection[str] | None = None
+) -> Iterator[JobSpec]:
     """Yield the manifest's jobs in order, expanded and deduplicated (first wins).
 
     Meant to run after `validate_manifest`, but still raises ManifestError, and
-    nothing else, on bad input.
+    nothing else, on bad input. Given the summary's `repeated`, it trusts that
+    validation and remembers only those ids, so memory stays flat however long
+    the manifest; without it, it checks duplicates itself (a set of every id).
     """
     where = os.fspath(path)
-    ids = _IdSet()
+    ids = _IdSet() if repeated is None else None
+    only = frozenset(repeated or ())
+    emitted: set[str] = set()
     empty = True
     for row, job_id, seed, explicit in _expanded(where):
-        seen = ids.add(job_id, explicit)
+        if ids is not None:
+            seen = ids.add(job_id, explicit)
+        elif job_id in only:
+            seen = _Seen.SAME_JOB if job_id in emitted else _Seen.NEW
+            emitted.add(job_id)
+        else:
+            seen = _Seen.NEW
         if seen is _Seen.NEW:
             empty = False
             yield JobSpec(

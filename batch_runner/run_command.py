@@ -86,8 +86,10 @@ def remove_partial_downloads(images_dir: Path) -> None:
             part.unlink(missing_ok=True)
 
 
-def manifest_jobs(cfg: RunConfig) -> Iterator[JobSpec]:
-    jobs = iter_jobs(cfg.manifest)
+def manifest_jobs(
+    cfg: RunConfig, repeated: frozenset[str] | None = None
+) -> Iterator[JobSpec]:
+    jobs = iter_jobs(cfg.manifest, repeated=repeated)
     return cfg.shard.select(jobs) if cfg.shard is not None else jobs
 
 
@@ -145,7 +147,9 @@ def execute(cfg: RunConfig) -> int:
         return dry_run(cfg, counts)
     log.info("%s", describe_plan(counts, cfg))
     with asyncio.Runner(loop_factory=loop_factory(cfg.event_loop)) as loop_runner:
-        result = loop_runner.run(_run(cfg, state, counts))
+        result = loop_runner.run(_run(cfg, state, counts, summary.repeated))
+    # the resume state can be large; let it go before the metadata pass
+    del state, count
     refresh_metadata(cfg)
     return finish(result, counts, started)
 
@@ -164,7 +168,12 @@ def refresh_metadata(cfg: RunConfig) -> None:
     log.info("metadata.jsonl: %d image(s)", rows)
 
 
-async def _run(cfg: RunConfig, state: ResumeState, counts: PlanCounts) -> RunResult:
+async def _run(
+    cfg: RunConfig,
+    state: ResumeState,
+    counts: PlanCounts,
+    repeated: frozenset[str],
+) -> RunResult:
     async with contextlib.AsyncExitStack() as stack:
         base_url = cfg.base_url
         if base_url is None:
@@ -221,7 +230,9 @@ async def _run(cfg: RunConfig, state: ResumeState, counts: PlanCounts) -> RunRes
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, runner.request_stop, signum)
         try:
-            items = work_items(manifest_jobs(cfg), state, retry_failed=cfg.retry_failed)
+            items = work_items(
+                manifest_jobs(cfg, repeated), state, retry_failed=cfg.retry_failed
+            )
             return await runner.run(items)
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):

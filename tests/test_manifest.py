@@ -989,3 +989,37 @@ def test_arbitrary_bytes_never_crash(
         jobs = list(iter_jobs(path))
         assert len(jobs) == summary.jobs
         assert len({j.job_id for j in jobs}) == len(jobs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a cat", "a dog", "a fox"]),
+            st.sampled_from(["", "1", "2"]),
+            st.sampled_from(["", "2"]),
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_iter_jobs_trusting_validation_yields_the_same_jobs(
+    rows: list[tuple[str, str, str]],
+) -> None:
+    """With the summary's `repeated` ids, iter_jobs (which then remembers only
+    those) yields exactly the jobs of the self-checking pass, duplicates dropped."""
+    import csv
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.csv"
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["prompt", "seed", "repeat"])
+            writer.writerows(rows)
+        summary = validate_manifest(path)
+        checked = list(iter_jobs(path))
+        trusted = list(iter_jobs(path, repeated=summary.repeated))
+    assert trusted == checked
+    assert len(trusted) == summary.jobs
+    assert len({j.job_id for j in trusted}) == len(trusted)
