@@ -26,7 +26,7 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from batch_runner.images import image_size, sniff_extension
-from batch_runner.ledger import ledger_lines, parse_record
+from batch_runner.ledger import RECORD_HEAD, ledger_lines, parse_record
 from batch_runner.models import JobStatus
 
 log = logging.getLogger("batch_runner.dataset")
@@ -37,10 +37,6 @@ META_PREFIX = "meta_"
 SHARD_PATTERN = "shard-{:06d}.tar"
 
 _SHARD_RE = re.compile(r"shard-(\d{6})\.tar")
-#: the start of a line as LedgerWriter lays it out; ids with escapes do not match
-_FAST_HEAD = re.compile(
-    rb'\{"job_id":"([A-Za-z0-9._-]+)","status":"(succeeded|submitted|failed)"'
-)
 #: JPEG keeps its size in a frame header that can sit after large EXIF blocks
 _HEAD_BYTES = 64 << 10
 _INT64 = 2**63
@@ -101,7 +97,7 @@ def final_lines(
     last: dict[int, int] = {}
     for lineno, raw in enumerate(ledger_lines(path)):
         # as in ledger.replay: a whole line from our writer needs no JSON parse
-        head = _FAST_HEAD.match(raw)
+        head = RECORD_HEAD.match(raw)
         if head is not None and raw.endswith(b"}\n"):
             last[hash(head[1].decode())] = 2 * lineno + (head[2].decode() in statuses)
             continue
@@ -129,12 +125,6 @@ def numbered_final_records(
         # a ledger rewritten between the passes may have another line there
         if record["status"] in statuses:
             yield lineno, record
-
-
-def final_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Each job's last record when it is "succeeded", in ledger order."""
-    for _, record in numbered_final_records(path):
-        yield record
 
 
 # -- images -------------------------------------------------------------------

@@ -28,6 +28,11 @@ _FAST_HEAD = re.compile(
     rb'^\{"job_id":"([A-Za-z0-9._-]+)",'
     rb'"status":"(succeeded|submitted)","taskid":"([^"\\]+)"'
 )
+#: job id and status at the start of a line as LedgerWriter lays it out, for
+#: readers that need no more than that; ids with escapes take the slow path
+RECORD_HEAD = re.compile(
+    rb'^\{"job_id":"([A-Za-z0-9._-]+)","status":"(succeeded|submitted|failed)"'
+)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 

@@ -89,10 +89,9 @@ def plan_counter(
 def count_plan(
     jobs: Iterable[JobSpec], state: ResumeState, *, retry_failed: bool
 ) -> PlanCounts:
-    counts = PlanCounts()
+    counts, count = plan_counter(state, retry_failed=retry_failed)
     for job in jobs:
-        action, _ = decide(job, state, retry_failed=retry_failed)
-        counts.counts[action] += 1
+        count(job.job_id)
     return counts
 
 

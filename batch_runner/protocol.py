@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from batch_runner.errors import (
-    ApiError,
     AuthError,
     InsufficientCreditsError,
     PermanentApiError,
@@ -268,8 +267,3 @@ def parse_poll(envelope: dict[str, Any]) -> PollResult:
         code=int(envelope.get("code", CODE_SUCCESS)),
         msg=str(envelope.get("msg", "")),
     )
-
-
-def describe(exc: ApiError) -> str:
-    """A one-line reason for the ledger's `msg`."""
-    return exc.message

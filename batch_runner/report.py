@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from batch_runner.audit import suspected_duplicate_submits
-from batch_runner.ledger import iter_records, ledger_lines
+from batch_runner.ledger import RECORD_HEAD, iter_records, ledger_lines, parse_record
 from batch_runner.manifest import validate_manifest
 
-_HEAD = re.compile(rb'^\{"job_id":"((?:[^"\\]|\\.)*)","status":"(\w+)"')
 _TS = re.compile(rb'"ts":"([^"]*)"')
 _FILES = re.compile(rb'"files":\[([^\]]*)\]')
 _STATE_CODES = {b"submitted": "s", b"succeeded": "S", b"failed": "F"}
@@ -56,53 +55,43 @@ def _scan(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, str]], RunSt
     failures: dict[str, tuple[str, str]] = {}
     files_of: dict[str, int] = {}
     status = RunStatus()
-    try:
-        fh = path.open("rb")
-    except FileNotFoundError:
-        return states, failures, status
-    with fh:
-        for raw in fh:
-            match = _HEAD.match(raw)
-            code = _STATE_CODES.get(match[2]) if match else None
-            if match is not None and code is not None and b"\\" not in match[1]:
-                job_id = match[1].decode()
-            else:
-                # not our writer's layout (or an escaped id): parse it properly
-                try:
-                    rec = json.loads(raw)
-                    job_id = rec["job_id"]
-                    code = _STATE_CODES.get(str(rec["status"]).encode())
-                    if not isinstance(job_id, str) or code is None:
-                        raise ValueError
-                except (ValueError, KeyError, TypeError):
-                    if raw.strip():
-                        status.unreadable_lines += 1
-                    continue
-            status.records += 1
-            states[job_id] = code
-            ts = _TS.search(raw)
-            if ts:
-                stamp = ts[1].decode()
-                if status.first_ts is None or stamp < status.first_ts:
-                    status.first_ts = stamp
-                if status.last_ts is None or stamp > status.last_ts:
-                    status.last_ts = stamp
-            if code == "F":
-                try:
-                    rec = json.loads(raw)
-                    failures[job_id] = (
-                        str(rec.get("stage") or ""),
-                        str(rec.get("msg") or ""),
-                    )
-                except ValueError:
-                    failures[job_id] = ("", "unreadable")
-            else:
-                failures.pop(job_id, None)
-            if code == "S":
-                files = _FILES.search(raw)
-                files_of[job_id] = files[1].count(b'"') // 2 if files else 0
-            else:
-                files_of.pop(job_id, None)
+    for raw in ledger_lines(path):
+        match = RECORD_HEAD.match(raw)
+        if match is not None:
+            job_id, code = match[1].decode(), _STATE_CODES[match[2]]
+        else:
+            # not our writer's layout (or an escaped id): parse it properly
+            record = parse_record(raw)
+            if record is None:
+                if raw.strip():
+                    status.unreadable_lines += 1
+                continue
+            job_id, code = record["job_id"], _STATE_CODES[record["status"].encode()]
+        status.records += 1
+        states[job_id] = code
+        ts = _TS.search(raw)
+        if ts:
+            stamp = ts[1].decode()
+            if status.first_ts is None or stamp < status.first_ts:
+                status.first_ts = stamp
+            if status.last_ts is None or stamp > status.last_ts:
+                status.last_ts = stamp
+        if code == "F":
+            try:
+                rec = json.loads(raw)
+                failures[job_id] = (
+                    str(rec.get("stage") or ""),
+                    str(rec.get("msg") or ""),
+                )
+            except ValueError:
+                failures[job_id] = ("", "unreadable")
+        else:
+            failures.pop(job_id, None)
+        if code == "S":
+            files = _FILES.search(raw)
+            files_of[job_id] = files[1].count(b'"') // 2 if files else 0
+        else:
+            files_of.pop(job_id, None)
     status.images_expected = sum(files_of.values())
     return states, failures, status
 

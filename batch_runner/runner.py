@@ -571,7 +571,7 @@ class Runner:
                     if throttled < self._opt.max_throttled:
                         throttled += 1
                         attempt -= 1
-                if attempt > policy.attempts - 1:
+                if not policy.should_retry(exc, attempt):
                     raise
                 delay = policy.delay_for(exc, max(attempt, 1), self._rng)
                 self.result.retries += 1
