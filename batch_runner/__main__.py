@@ -1,5 +1,5 @@
 """`python -m batch_runner` is the same as the `batch-runner` console script."""
 
-from batch_runner.cli import main
+from batch_runner.cli.main import main
 
 raise SystemExit(main())

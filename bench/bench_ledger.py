@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from batch_runner.ledger import LedgerWriter, make_record
 from batch_runner.models import JobSpec, JobStatus
+from batch_runner.store.ledger import LedgerWriter, make_record
 
 
 async def sequential(path: Path, n: int, fsync: bool) -> float:

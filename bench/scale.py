@@ -4,7 +4,7 @@ Generates (once, cached under bench/results/scale-cache/ keyed by size) a CSV
 manifest of N rows (prompt, seed, meta.k; ids derived by the runner) and a
 ledger of N lines in which the first half of the jobs are done: each has a
 "submitted" line and a "succeeded" line, as a real run writes them, with ids
-taken from batch_runner.manifest.iter_jobs so they match. Then measures wall
+taken from batch_runner.manifest.reader.iter_jobs so they match. Then measures wall
 time and the child's own peak RSS (wait4) of
 
     python -m batch_runner run M.csv --dry-run --out DIR
@@ -28,9 +28,9 @@ from typing import Any
 
 from harness import PY, REPO, BenchError, child_env, measure, write_csv_manifest
 
-from batch_runner.ledger import encode_record, make_record
-from batch_runner.manifest import iter_jobs
+from batch_runner.manifest.reader import iter_jobs
 from batch_runner.models import JobStatus
+from batch_runner.store.ledger import encode_record, make_record
 
 CACHE_VERSION = 1
 RSS_GOAL_MB = 300.0

@@ -9,7 +9,11 @@ import aiohttp
 import pytest
 from hypothesis import settings
 
-from batch_runner.simulator import RunningSimulator, SimulatorConfig, start_simulator
+from batch_runner.simulator.app import (
+    RunningSimulator,
+    SimulatorConfig,
+    start_simulator,
+)
 
 # Shared, noisy machines: a property test must fail on a wrong answer, never on a
 # slow example (hypothesis's default per-example deadline is 200 ms).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batch_runner.audit import suspected_duplicate_submits
+from batch_runner.outputs.audit import suspected_duplicate_submits
 
 
 def test_attempt_cut_off_by_a_crash_is_suspect() -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from batch_runner.audit import suspected_duplicate_submits
-from batch_runner.cli import main
-from batch_runner.lock import RunLock
+from batch_runner.cli.main import main
+from batch_runner.outputs.audit import suspected_duplicate_submits
+from batch_runner.store.lock import RunLock
 
 from .procs import (
     CONSOLE_SCRIPT,

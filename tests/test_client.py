@@ -8,7 +8,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from batch_runner.client import ZImageClient
 from batch_runner.errors import (
     AuthError,
     InsufficientCreditsError,
@@ -17,6 +16,7 @@ from batch_runner.errors import (
     TransientApiError,
 )
 from batch_runner.models import JobSpec
+from batch_runner.wire.client import ZImageClient
 
 from .conftest import KEY, SimFactory
 

@@ -18,8 +18,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batch_runner.cli import main
-from batch_runner.dataset import (
+from batch_runner.cli.main import main
+from batch_runner.models import JobSpec, JobStatus
+from batch_runner.outputs.dataset import (
     CORE_COLUMNS,
     ImageFacts,
     Sample,
@@ -29,9 +30,8 @@ from batch_runner.dataset import (
     sample_key,
     write_metadata,
 )
-from batch_runner.ledger import encode_record, latest_records, make_record
-from batch_runner.models import JobSpec, JobStatus
-from batch_runner.sim_images import render_png
+from batch_runner.simulator.png import render_png
+from batch_runner.store.ledger import encode_record, latest_records, make_record
 
 FAST = ["--no-progress", "--poll-interval", "0.02", "--mock-generation-time", "0.01"]
 
@@ -323,7 +323,7 @@ def test_last_record_decides_and_gaps_are_skipped_and_logged(
         fh.write(json.dumps(dict(reversed(spaced.items()))).encode() + b"\n")
         fh.write(b'{"job_id": "torn", "status": "succ')
 
-    with caplog.at_level(logging.WARNING, logger="batch_runner.dataset"):
+    with caplog.at_level(logging.WARNING, logger="batch_runner.outputs.dataset"):
         assert write_metadata(fake.dir) == 3
     assert "2 image file(s)" in caplog.text and "images/gone.png" in caplog.text
     rows = [
@@ -353,7 +353,7 @@ def test_metadata_reads_no_image_when_the_ledger_has_images(
     def no_read(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("an image was read")
 
-    monkeypatch.setattr("batch_runner.dataset.facts_from_file", no_read)
+    monkeypatch.setattr("batch_runner.outputs.dataset.facts_from_file", no_read)
     assert write_metadata(fake.dir) == 3
 
 

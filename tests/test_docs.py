@@ -6,8 +6,8 @@ import argparse
 import re
 from pathlib import Path
 
-from batch_runner.cli import build_parser
-from batch_runner.manifest import validate_manifest
+from batch_runner.cli.main import build_parser
+from batch_runner.manifest.reader import validate_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

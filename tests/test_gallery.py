@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from batch_runner import gallery
 from batch_runner.errors import LedgerError
-from batch_runner.gallery import write_gallery
-from batch_runner.ledger import encode_record, make_record
 from batch_runner.models import JobSpec, JobStatus
+from batch_runner.outputs import gallery
+from batch_runner.outputs.gallery import write_gallery
+from batch_runner.store.ledger import encode_record, make_record
 
 if TYPE_CHECKING:
     from selenium.webdriver.chrome.webdriver import WebDriver
@@ -561,7 +561,7 @@ def test_gallery_renders_and_filters_in_chromium(
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from batch_runner.cli import main
+    from batch_runner.cli.main import main
 
     manifest = tmp_path / "jobs.jsonl"
     manifest.write_text("".join(json.dumps(j) + "\n" for j in BROWSER_JOBS))

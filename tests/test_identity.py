@@ -1,4 +1,4 @@
-"""Tests for batch_runner.identity: resolutions, job ids, seeds and shards."""
+"""Tests for batch_runner.manifest.identity: resolutions, job ids, seeds and shards."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batch_runner.identity import (
+from batch_runner.manifest.identity import (
     MAX_SEED,
     derive_base_seed,
     derive_job_id,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import struct
 import zlib
 
-from batch_runner.images import extension_for, image_size, image_stem, sniff_extension
+from batch_runner.store.images import (
+    extension_for,
+    image_size,
+    image_stem,
+    sniff_extension,
+)
 
 
 def png(width: int, height: int) -> bytes:

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batch_runner.ledger import (
+from batch_runner.models import JobSpec, JobStatus
+from batch_runner.store.ledger import (
     LedgerWriter,
     ResumeState,
     encode_record,
@@ -18,7 +19,6 @@ from batch_runner.ledger import (
     read_ledger,
     replay,
 )
-from batch_runner.models import JobSpec, JobStatus
 
 JOB = JobSpec(job_id="j1", prompt="a cat", resolution="16:9", seed=3, meta={"k": "v"})
 

@@ -1,4 +1,4 @@
-"""Tests for batch_runner.manifest: the three formats, every error, duplicates."""
+"""Tests for the manifest reader: the three formats, every error, duplicates."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from batch_runner.errors import ManifestError
-from batch_runner.identity import MAX_SEED, derive_base_seed, derive_job_id
-from batch_runner.manifest import (
+from batch_runner.manifest.identity import MAX_SEED, derive_base_seed, derive_job_id
+from batch_runner.manifest.reader import (
     MAX_PROMPT_CHARS,
     ManifestSummary,
     iter_jobs,

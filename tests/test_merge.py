@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from batch_runner.dataset import write_metadata
 from batch_runner.errors import BatchRunnerError
-from batch_runner.ledger import iter_records, latest_records, make_record
-from batch_runner.merge import MergeConflictError, MergeError, merge_runs
 from batch_runner.models import JobSpec, JobStatus
+from batch_runner.outputs.dataset import write_metadata
+from batch_runner.outputs.merge import MergeConflictError, MergeError, merge_runs
+from batch_runner.store.ledger import iter_records, latest_records, make_record
 
 from .test_dataset import FakeRun, run_cli
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from batch_runner.cli import main
-from batch_runner.manifest import iter_jobs, validate_manifest
+from batch_runner.cli.main import main
+from batch_runner.manifest.reader import iter_jobs, validate_manifest
 
 from .procs import KEY, final_states, run_runner, standalone_simulator, write_manifest
 

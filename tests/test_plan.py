@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batch_runner.ledger import encode_record, make_record, replay
+from batch_runner.engine.plan import Action, count_plan, decide, work_items
 from batch_runner.models import JobSpec, JobStatus
-from batch_runner.plan import Action, count_plan, decide, work_items
+from batch_runner.store.ledger import encode_record, make_record, replay
 
 
 def job(i: str) -> JobSpec:

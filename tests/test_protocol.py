@@ -14,7 +14,7 @@ from batch_runner.errors import (
     TransientApiError,
 )
 from batch_runner.models import JobSpec
-from batch_runner.protocol import (
+from batch_runner.wire.protocol import (
     classify_http,
     normalize_urls,
     parse_poll,

@@ -7,9 +7,9 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from batch_runner.engine.limits import RateLimiter
+from batch_runner.engine.retry import RetryPolicy, next_poll_interval
 from batch_runner.errors import PermanentApiError, TransientApiError
-from batch_runner.limits import RateLimiter
-from batch_runner.retry import RetryPolicy, next_poll_interval
 
 
 @given(st.integers(min_value=1, max_value=60), st.integers())
@@ -71,7 +71,7 @@ def test_rate_limiter_never_exceeds_rate(rate: float, n: int) -> None:
 
 def test_aimd_slow_start_then_additive_increase() -> None:
     """+1 per success until back-pressure, then about +1 per round of successes."""
-    from batch_runner.limits import AimdConcurrency
+    from batch_runner.engine.limits import AimdConcurrency
 
     aimd = AimdConcurrency(maximum=100, start=4)
     for _ in range(10):
@@ -86,7 +86,7 @@ def test_aimd_slow_start_then_additive_increase() -> None:
 
 def test_aimd_bounded_and_one_decrease_per_cooldown() -> None:
     """A burst of 429s counts once; the limit stays within [minimum, maximum]."""
-    from batch_runner.limits import AimdConcurrency
+    from batch_runner.engine.limits import AimdConcurrency
 
     aimd = AimdConcurrency(maximum=8, start=4, cooldown=1.0)
     for _ in range(100):
@@ -102,7 +102,7 @@ def test_aimd_bounded_and_one_decrease_per_cooldown() -> None:
 
 def test_aimd_backs_off_when_latency_rises() -> None:
     """Latency well above the best seen is treated as back-pressure."""
-    from batch_runner.limits import AimdConcurrency
+    from batch_runner.engine.limits import AimdConcurrency
 
     aimd = AimdConcurrency(maximum=64, start=20)
     aimd.on_success(0.0, latency=0.05)

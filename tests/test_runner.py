@@ -8,13 +8,13 @@ from pathlib import Path
 
 import aiohttp
 
-from batch_runner.client import DownloadedFile, ZImageClient
-from batch_runner.ledger import LedgerWriter, read_ledger
+from batch_runner.engine.plan import WorkItem
+from batch_runner.engine.retry import RetryPolicy
+from batch_runner.engine.runner import Runner, RunOptions, RunResult, StopReason
 from batch_runner.models import JobSpec
-from batch_runner.plan import WorkItem
-from batch_runner.protocol import PollResult, SubmitResult
-from batch_runner.retry import RetryPolicy
-from batch_runner.runner import Runner, RunOptions, RunResult, StopReason
+from batch_runner.store.ledger import LedgerWriter, read_ledger
+from batch_runner.wire.client import DownloadedFile, ZImageClient
+from batch_runner.wire.protocol import PollResult, SubmitResult
 
 from .conftest import KEY, SimFactory
 

@@ -6,8 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from batch_runner.engine.sharding import (
+    Shard,
+    choose_shard,
+    parse_shard,
+    shard_from_env,
+)
 from batch_runner.models import JobSpec
-from batch_runner.sharding import Shard, choose_shard, parse_shard, shard_from_env
 
 
 @given(

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from batch_runner.simulator import (
+from batch_runner.simulator.app import (
     FAULT_KINDS,
     RunningSimulator,
     SimulatorConfig,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_runner.cli import main
+from batch_runner.cli.main import main
 
 from .procs import (
     CONSOLE_SCRIPT,

@@ -17,18 +17,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from batch_runner import __version__, simulator
-from batch_runner.client import DEFAULT_MAX_IMAGE_BYTES
+from batch_runner import __version__
+from batch_runner.cli.logs import setup_logging
+from batch_runner.cli.run_command import RunConfig, execute
+from batch_runner.engine.progress import TqdmLoggingHandler
+from batch_runner.engine.retry import RetryPolicy
+from batch_runner.engine.runner import RunOptions
+from batch_runner.engine.sharding import Shard, choose_shard
 from batch_runner.errors import BatchRunnerError, ManifestError, RunLockedError
 from batch_runner.exit_codes import ExitCode
-from batch_runner.lock import RunLock
-from batch_runner.logs import setup_logging
-from batch_runner.progress import TqdmLoggingHandler
-from batch_runner.report import format_status, run_status, write_failed_csv
-from batch_runner.retry import RetryPolicy
-from batch_runner.run_command import RunConfig, execute
-from batch_runner.runner import RunOptions
-from batch_runner.sharding import Shard, choose_shard
+from batch_runner.outputs.report import format_status, run_status, write_failed_csv
+from batch_runner.simulator import app as simulator
+from batch_runner.store.lock import RunLock
+from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES
 
 log = logging.getLogger("batch_runner")
 
@@ -450,7 +451,7 @@ def cmd_failed(ns: argparse.Namespace) -> int:
 
 
 def cmd_gallery(ns: argparse.Namespace) -> int:
-    from batch_runner.gallery import write_gallery
+    from batch_runner.outputs.gallery import write_gallery
 
     path = write_gallery(ns.run_dir)
     print(path)
@@ -458,7 +459,7 @@ def cmd_gallery(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
-    from batch_runner.dataset import export_webdataset
+    from batch_runner.outputs.dataset import export_webdataset
 
     shards = export_webdataset(ns.run_dir, ns.out, ns.shard_size)
     for shard in shards:
@@ -468,7 +469,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 
 def cmd_merge(ns: argparse.Namespace) -> int:
-    from batch_runner.merge import merge_runs
+    from batch_runner.outputs.merge import merge_runs
 
     report = merge_runs(ns.out_dir, ns.run_dirs)
     log.info(

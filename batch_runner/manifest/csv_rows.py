@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from batch_runner.errors import ManifestError
-from batch_runner.identity import MAX_SEED, normalize_resolution
-from batch_runner.manifest_fields import (
+from batch_runner.manifest.fields import (
     MAX_PROMPT_CHARS,
     MAX_REPEAT,
     _check_id,
@@ -21,7 +20,8 @@ from batch_runner.manifest_fields import (
     _Row,
     _unknown_key,
 )
-from batch_runner.manifest_io import _open_text, _raise_first_bad_line
+from batch_runner.manifest.identity import MAX_SEED, normalize_resolution
+from batch_runner.manifest.textio import _open_text, _raise_first_bad_line
 
 CSV_COLUMNS = ("prompt", "id", "resolution", "seed", "prompt_extend", "repeat")
 META_PREFIX = "meta."

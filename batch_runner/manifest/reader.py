@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from batch_runner.errors import ManifestError
-from batch_runner.identity import MAX_JOB_ID_LENGTH, derive_job_id, expand_repeat
-from batch_runner.manifest_csv import CSV_COLUMNS, META_PREFIX, _csv_rows
-from batch_runner.manifest_fields import (
+from batch_runner.manifest.csv_rows import CSV_COLUMNS, META_PREFIX, _csv_rows
+from batch_runner.manifest.fields import (
     DEFAULT_KEYS,
     DEFAULT_RESOLUTION,
     JOB_KEYS,
@@ -26,8 +25,13 @@ from batch_runner.manifest_fields import (
     MAX_REPEAT,
     _Row,
 )
-from batch_runner.manifest_jsonl import _jsonl_rows
-from batch_runner.manifest_yaml import _yaml_rows
+from batch_runner.manifest.identity import (
+    MAX_JOB_ID_LENGTH,
+    derive_job_id,
+    expand_repeat,
+)
+from batch_runner.manifest.jsonl_rows import _jsonl_rows
+from batch_runner.manifest.yaml_rows import _yaml_rows
 from batch_runner.models import JobSpec
 
 __all__ = [

@@ -6,8 +6,8 @@ import enum
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from batch_runner.ledger import ResumeState
 from batch_runner.models import JobSpec
+from batch_runner.store.ledger import ResumeState
 
 
 class Action(enum.StrEnum):

@@ -33,7 +33,7 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .sim_images import render_png, scaled_size
+from batch_runner.simulator.png import render_png, scaled_size
 
 __all__ = [
     "FAULT_KINDS",

@@ -13,7 +13,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from batch_runner.errors import ManifestError
-from batch_runner.manifest_fields import (
+from batch_runner.manifest.fields import (
     DEFAULT_KEYS,
     JOB_KEYS,
     _defaults_from,
@@ -21,7 +21,7 @@ from batch_runner.manifest_fields import (
     _row_from,
     _unknown_key,
 )
-from batch_runner.manifest_io import _open_binary
+from batch_runner.manifest.textio import _open_binary
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _INT_TAG = "tag:yaml.org,2002:int"

@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from batch_runner.client import DownloadedFile
+from batch_runner.engine.limits import AimdConcurrency, RateLimiter
+from batch_runner.engine.plan import WorkItem
+from batch_runner.engine.progress import NullProgress, Progress
+from batch_runner.engine.retry import RetryPolicy, next_poll_interval
 from batch_runner.errors import (
     ApiError,
     AuthError,
@@ -28,14 +31,11 @@ from batch_runner.errors import (
     TaskNotFoundError,
     TransientApiError,
 )
-from batch_runner.images import image_stem
-from batch_runner.ledger import LedgerWriter, make_record, utc_now_iso
-from batch_runner.limits import AimdConcurrency, RateLimiter
 from batch_runner.models import JobSpec, JobStatus
-from batch_runner.plan import WorkItem
-from batch_runner.progress import NullProgress, Progress
-from batch_runner.protocol import PollResult, SubmitResult
-from batch_runner.retry import RetryPolicy, next_poll_interval
+from batch_runner.store.images import image_stem
+from batch_runner.store.ledger import LedgerWriter, make_record, utc_now_iso
+from batch_runner.wire.client import DownloadedFile
+from batch_runner.wire.protocol import PollResult, SubmitResult
 
 log = logging.getLogger("batch_runner")
 T = TypeVar("T")

@@ -27,9 +27,9 @@ from batch_runner.errors import (
     PermanentApiError,
     TransientApiError,
 )
-from batch_runner.images import extension_for, image_size, sniff_extension
 from batch_runner.models import JobSpec
-from batch_runner.protocol import (
+from batch_runner.store.images import extension_for, image_size, sniff_extension
+from batch_runner.wire.protocol import (
     POLL_PATH,
     SUBMIT_PATH,
     PollResult,

@@ -17,9 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from batch_runner.audit import suspected_duplicate_submits
-from batch_runner.ledger import RECORD_HEAD, iter_records, ledger_lines, parse_record
-from batch_runner.manifest import validate_manifest
+from batch_runner.manifest.reader import validate_manifest
+from batch_runner.outputs.audit import suspected_duplicate_submits
+from batch_runner.store.ledger import (
+    RECORD_HEAD,
+    iter_records,
+    ledger_lines,
+    parse_record,
+)
 
 _TS = re.compile(rb'"ts":"([^"]*)"')
 _FILES = re.compile(rb'"files":\[([^\]]*)\]')

@@ -25,11 +25,11 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import quote
 
-from batch_runner.images import image_size, sniff_extension
-from batch_runner.ledger import RECORD_HEAD, ledger_lines, parse_record
 from batch_runner.models import JobStatus
+from batch_runner.store.images import image_size, sniff_extension
+from batch_runner.store.ledger import RECORD_HEAD, ledger_lines, parse_record
 
-log = logging.getLogger("batch_runner.dataset")
+log = logging.getLogger("batch_runner.outputs.dataset")
 
 METADATA_NAME = "metadata.jsonl"
 LEDGER_NAME = "ledger.jsonl"

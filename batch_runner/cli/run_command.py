@@ -18,18 +18,18 @@ from pathlib import Path
 
 import aiohttp
 
-from batch_runner import simulator
-from batch_runner.client import DEFAULT_MAX_IMAGE_BYTES, ZImageClient
-from batch_runner.dataset import write_metadata
+from batch_runner.engine.plan import Action, PlanCounts, plan_counter, work_items
+from batch_runner.engine.progress import NullProgress, Progress, TqdmProgress
+from batch_runner.engine.runner import Runner, RunOptions, RunResult, StopReason
+from batch_runner.engine.sharding import Shard
 from batch_runner.errors import BatchRunnerError
 from batch_runner.exit_codes import ExitCode
-from batch_runner.ledger import LedgerWriter, ResumeState, read_ledger
-from batch_runner.manifest import iter_jobs, validate_manifest
+from batch_runner.manifest.reader import iter_jobs, validate_manifest
 from batch_runner.models import JobSpec
-from batch_runner.plan import Action, PlanCounts, plan_counter, work_items
-from batch_runner.progress import NullProgress, Progress, TqdmProgress
-from batch_runner.runner import Runner, RunOptions, RunResult, StopReason
-from batch_runner.sharding import Shard
+from batch_runner.outputs.dataset import write_metadata
+from batch_runner.simulator import app as simulator
+from batch_runner.store.ledger import LedgerWriter, ResumeState, read_ledger
+from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES, ZImageClient
 
 log = logging.getLogger("batch_runner")
 

@@ -28,7 +28,7 @@ from typing import Any, Final, TextIO
 from urllib.parse import quote
 
 from batch_runner.errors import LedgerError
-from batch_runner.ledger import iter_records, utc_now_iso
+from batch_runner.store.ledger import iter_records, utc_now_iso
 
 GALLERY_NAME: Final = "index.html"
 DEFAULT_MAX_IMAGES: Final = 5_000

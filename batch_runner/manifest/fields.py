@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from batch_runner.errors import ManifestError
-from batch_runner.identity import MAX_SEED, normalize_resolution, validate_job_id
+from batch_runner.manifest.identity import (
+    MAX_SEED,
+    normalize_resolution,
+    validate_job_id,
+)
 
 MAX_PROMPT_CHARS = 8192
 MAX_REPEAT = 10_000

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from batch_runner.identity import shard_of
+from batch_runner.manifest.identity import shard_of
 from batch_runner.models import JobSpec
 
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")

@@ -40,7 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from batch_runner.dataset import (
+from batch_runner.errors import BatchRunnerError
+from batch_runner.models import JobStatus
+from batch_runner.outputs.dataset import (
     LEDGER_NAME,
     ImageFacts,
     atomic_file,
@@ -51,12 +53,10 @@ from batch_runner.dataset import (
     records_at,
     write_metadata,
 )
-from batch_runner.errors import BatchRunnerError
-from batch_runner.ledger import encode_record
-from batch_runner.lock import RunLock
-from batch_runner.models import JobStatus
+from batch_runner.store.ledger import encode_record
+from batch_runner.store.lock import RunLock
 
-log = logging.getLogger("batch_runner.merge")
+log = logging.getLogger("batch_runner.outputs.merge")
 
 _ALL_STATUSES = tuple(s.value for s in JobStatus)
 #: which final state a merge keeps when inputs disagree

@@ -1,0 +1,1 @@
+"""The `batch-runner` command line: one thin consumer of the library."""

@@ -1,0 +1,1 @@
+"""What is made from a finished ledger: status reports, datasets, merges, galleries."""

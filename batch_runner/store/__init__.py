@@ -1,0 +1,1 @@
+"""What a run keeps on disk: the ledger, image files, the lock, the run directory."""
