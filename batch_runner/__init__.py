@@ -1,4 +1,71 @@
-"""Resumable asyncio batch runner for the TensorsLab Z-Image text-to-image API."""
+"""Resumable asyncio batch runner for the TensorsLab Z-Image text-to-image API.
+
+    import batch_runner
+    result = batch_runner.run_batch_sync(["a lighthouse at dawn"], out="runs/demo",
+                                         mock=True)
+    print(result.succeeded, result.exit_code)
+
+`run_batch` (async) / `run_batch_sync` run or resume a batch, `plan` is a dry
+run, `status` and `records` read a run directory. Every error raised on purpose
+is a `BatchRunnerError`. The package logs to the `batch_runner` logger only.
+"""
+
+import logging
+
+from batch_runner.engine.result import Plan, RunResult
+from batch_runner.engine.run import plan, run_batch, run_batch_sync
+from batch_runner.engine.runner import StopReason
+from batch_runner.engine.sharding import Shard
+from batch_runner.errors import (
+    ApiError,
+    AuthError,
+    BatchRunnerError,
+    InsufficientCreditsError,
+    LedgerError,
+    ManifestError,
+    PermanentApiError,
+    RunLockedError,
+    TaskNotFoundError,
+    TransientApiError,
+    UsageError,
+)
+from batch_runner.exit_codes import ExitCode
+from batch_runner.models import JobSpec, JobStatus
+from batch_runner.outputs.merge import MergeConflictError, MergeError
+from batch_runner.outputs.query import records, status
+from batch_runner.outputs.report import RunStatus
 
 __version__ = "0.1.0"
-__all__ = ["__version__"]
+__all__ = [
+    "ApiError",
+    "AuthError",
+    "BatchRunnerError",
+    "ExitCode",
+    "InsufficientCreditsError",
+    "JobSpec",
+    "JobStatus",
+    "LedgerError",
+    "ManifestError",
+    "MergeConflictError",
+    "MergeError",
+    "PermanentApiError",
+    "Plan",
+    "RunLockedError",
+    "RunResult",
+    "RunStatus",
+    "Shard",
+    "StopReason",
+    "TaskNotFoundError",
+    "TransientApiError",
+    "UsageError",
+    "__version__",
+    "plan",
+    "records",
+    "run_batch",
+    "run_batch_sync",
+    "status",
+]
+
+# a library does not decide where its logs go: without this, Python's
+# last-resort handler would print our warnings to stderr of any program using us
+logging.getLogger("batch_runner").addHandler(logging.NullHandler())

@@ -1,9 +1,10 @@
 """The exception tree of the batch runner; this module imports nothing from the package.
 
 BatchRunnerError
+├── UsageError (also ValueError)       an option or argument is invalid: names it
 ├── ManifestError (also ValueError)   bad input: file, line, field
 ├── LedgerError                        the ledger cannot be read or written
-├── RunLockedError                     another run holds the run directory
+├── RunLockedError                     another run holds the run directory or ledger
 └── ApiError                           anything the API said or failed to say
     ├── TransientApiError              network, 429, 5xx, bad body, 9999: retry
     │   └── TaskNotFoundError          a poll for a taskid the server does not know
@@ -17,6 +18,10 @@ from __future__ import annotations
 
 class BatchRunnerError(Exception):
     """Root of every error this package raises on purpose."""
+
+
+class UsageError(BatchRunnerError, ValueError):
+    """An option or argument is invalid (the CLI exits 2); names the option."""
 
 
 class ManifestError(BatchRunnerError, ValueError):
@@ -48,7 +53,7 @@ class LedgerError(BatchRunnerError):
 
 
 class RunLockedError(BatchRunnerError):
-    """Another live process holds the lock on this run directory."""
+    """Another live process holds the lock on this run directory or its ledger."""
 
 
 class ApiError(BatchRunnerError):

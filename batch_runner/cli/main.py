@@ -12,30 +12,24 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from batch_runner import __version__
 from batch_runner.cli.logs import setup_logging
-from batch_runner.cli.run_command import RunConfig, execute
+from batch_runner.cli.run_command import run_command
 from batch_runner.engine.progress import TqdmLoggingHandler
-from batch_runner.engine.retry import RetryPolicy
-from batch_runner.engine.runner import RunOptions
+from batch_runner.engine.run import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV
 from batch_runner.engine.sharding import Shard, choose_shard
-from batch_runner.errors import BatchRunnerError, ManifestError, RunLockedError
+from batch_runner.errors import BatchRunnerError, ManifestError, UsageError
 from batch_runner.exit_codes import ExitCode
 from batch_runner.outputs.report import format_status, run_status, write_failed_csv
 from batch_runner.simulator import app as simulator
-from batch_runner.store.lock import RunLock
+from batch_runner.store.rundir import RunDir
 from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES
 
 log = logging.getLogger("batch_runner")
-
-DEFAULT_BASE_URL = "https://api.tensorslab.com"
-KEY_ENV = "TENSORSLAB_API_KEY"
-BASE_URL_ENV = "TENSORSLAB_BASE_URL"
 
 
 # -- argument types -------------------------------------------------------------
@@ -362,72 +356,31 @@ def cmd_run(ns: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return ExitCode.USAGE
-    if ns.mock or ns.dry_run:
-        api_key = os.environ.get(KEY_ENV, "").strip() or "sim-" + secrets.token_hex(12)
-        base_url = None if ns.mock else ns.base_url
-    else:
-        api_key = os.environ.get(KEY_ENV, "").strip()
-        if not api_key:
+    api_key = os.environ.get(KEY_ENV, "").strip()
+    base_url = None
+    if not ns.mock:
+        base_url = ns.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        if not api_key and not ns.dry_run:
             log.error(
                 "no API key: set %s (or use --mock to run on the simulator)", KEY_ENV
             )
             return ExitCode.USAGE
-    if not ns.mock:
-        base_url = ns.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     if shard is not None:
         log.info("running %s (from %s)", shard.label, shard.source)
-    out_dir = _run_dir(ns.manifest, ns.out, shard)
-    cfg = RunConfig(
-        manifest=ns.manifest,
-        out_dir=out_dir,
-        ledger=ns.ledger or out_dir / "ledger.jsonl",
+    return run_command(
+        ns,
+        out_dir=_run_dir(ns.manifest, ns.out, shard),
+        shard=shard,
         api_key=api_key,
         base_url=base_url,
-        options=RunOptions(
-            concurrency=ns.concurrency or ns.max_concurrency,
-            adaptive=ns.concurrency is None,
-            max_concurrency=ns.max_concurrency,
-            rate=ns.rate,
-            retry=RetryPolicy(attempts=ns.retries + 1),
-            poll_interval=ns.poll_interval,
-            job_timeout=ns.job_timeout,
-            download=ns.download,
-            grace=ns.grace,
-            max_jobs=ns.max_jobs,
-            max_failures=ns.max_failures,
-        ),
-        request_timeout=ns.request_timeout,
-        retry_failed=ns.retry_failed,
-        max_image_bytes=ns.max_image_bytes,
-        fsync=ns.fsync,
         progress=use_tqdm and not ns.dry_run,
-        shard=shard,
-        dry_run=ns.dry_run,
-        credits_per_image=ns.credits_per_image,
-        mock_fault_rate=ns.mock_fault_rate,
-        mock_generation_time=ns.mock_generation_time,
-        event_loop=ns.event_loop,
     )
-    lock: contextlib.AbstractContextManager[object] = (
-        contextlib.nullcontext() if ns.dry_run else RunLock(out_dir)
-    )
-    try:
-        # the lock comes first, so a second run exits 4 at once instead of
-        # spending time validating a large manifest
-        with lock:
-            return execute(cfg)
-    except RunLockedError as exc:
-        log.error("%s", exc)
-        return ExitCode.LOCKED
-    except ManifestError as exc:
-        log.error("%s", exc)
-        return ExitCode.USAGE
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
     shard = choose_shard(ns.shard, None, {}) if ns.shard else None
     run_dir = _run_dir(ns.manifest, ns.out, shard)
-    ledger = ns.ledger or run_dir / "ledger.jsonl"
+    ledger = RunDir(run_dir, ledger=ns.ledger).ledger
     if not ledger.exists():
         raise BatchRunnerError(f"no ledger at {ledger}: nothing has run there yet")
     status = run_status(
@@ -442,7 +395,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
 
 def cmd_failed(ns: argparse.Namespace) -> int:
     run_dir = _run_dir(ns.manifest, ns.out, None)
-    ledger = ns.ledger or run_dir / "ledger.jsonl"
+    ledger = RunDir(run_dir, ledger=ns.ledger).ledger
     if not ledger.exists():
         raise BatchRunnerError(f"no ledger at {ledger}")
     count = write_failed_csv(ledger, sys.stdout, sys.stderr)
@@ -528,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # metadata): nothing half-done to clean up, so no traceback either
         log.warning("interrupted")
         return ExitCode.SIGINT
-    except ManifestError as exc:
+    except (ManifestError, UsageError) as exc:
         log.error("%s", exc)
         return ExitCode.USAGE
     except (BatchRunnerError, ValueError) as exc:

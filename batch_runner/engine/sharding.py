@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from batch_runner.errors import UsageError
 from batch_runner.manifest.identity import shard_of
 from batch_runner.models import JobSpec
 
@@ -102,3 +103,13 @@ def choose_shard(
             raise ValueError(f"--shard {spec} contradicts --shards {shards}")
         return shard
     return shard_from_env(env, shards)
+
+
+def as_shard(value: str | Shard | None) -> Shard | None:
+    """A library call's `shard=`: "I/N", a Shard, or None (everything)."""
+    if value is None or isinstance(value, Shard):
+        return value
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise UsageError(f"shard: {exc}") from None

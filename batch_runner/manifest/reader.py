@@ -1,7 +1,8 @@
 """Read a manifest (YAML, CSV or JSONL) into validated, expanded, deduplicated jobs.
 
 The public entry point: `validate_manifest` checks every row, `iter_jobs` streams the
-jobs; it picks the reader by suffix, expands `repeat` and finds duplicate ids.
+jobs; it picks the reader by suffix (or takes jobs given as Python values, see
+`JobItems`), expands `repeat` and finds duplicate ids.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from batch_runner.manifest.identity import (
     derive_job_id,
     expand_repeat,
 )
+from batch_runner.manifest.items import JobItems
 from batch_runner.manifest.jsonl_rows import _jsonl_rows
 from batch_runner.manifest.yaml_rows import _yaml_rows
 from batch_runner.models import JobSpec
@@ -44,6 +46,8 @@ __all__ = [
     "MAX_PROMPT_CHARS",
     "MAX_REPEAT",
     "META_PREFIX",
+    "JobItems",
+    "ManifestSource",
     "ManifestSummary",
     "iter_jobs",
     "validate_manifest",
@@ -55,6 +59,11 @@ MAX_DUPLICATE_WARNINGS = 100
 _YAML_SUFFIXES = (".yaml", ".yml")
 _CSV_SUFFIXES = (".csv",)
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+#: a manifest file, or jobs given as Python values
+ManifestSource = str | os.PathLike[str] | JobItems
+#: a manifest file's path as text, or the jobs given as values
+_Source = str | JobItems
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,20 +82,21 @@ class ManifestSummary:
 
 
 def validate_manifest(
-    path: str | os.PathLike[str], on_job: Callable[[str], None] | None = None
+    path: ManifestSource, on_job: Callable[[str], None] | None = None
 ) -> ManifestSummary:
     """Read and check every row of the manifest; raise the first ManifestError.
 
     `on_job` is called with the id of each distinct job, in order, so a caller
     can plan in the same pass instead of reading a large manifest again.
     """
-    where = os.fspath(path)
+    source = _source(path)
+    where = _name(source)
     ids = _IdSet()
     jobs = skipped = duplicate_rows = 0
     duplicates: list[tuple[int, str]] = []
     repeated: set[str] = set()
     last_duplicate_line = 0
-    for row, job_id, _, explicit in _expanded(where):
+    for row, job_id, _, explicit in _expanded(source):
         seen = ids.add(job_id, explicit)
         if seen is _Seen.NEW:
             jobs += 1
@@ -102,20 +112,20 @@ def validate_manifest(
                 if len(duplicates) < MAX_DUPLICATE_WARNINGS:
                     duplicates.append((row.line, job_id))
         else:
-            _raise_clash(where, job_id, row.line)
+            _raise_clash(source, job_id, row.line)
     if jobs == 0:
         raise ManifestError("manifest has no jobs", path=where)
     return ManifestSummary(
         path=where,
         jobs=jobs,
         duplicates_skipped=skipped,
-        warnings=_duplicate_warnings(where, duplicates, duplicate_rows),
+        warnings=_duplicate_warnings(source, duplicates, duplicate_rows),
         repeated=frozenset(repeated),
     )
 
 
 def iter_jobs(
-    path: str | os.PathLike[str], *, repeated: Collection[str] | None = None
+    path: ManifestSource, *, repeated: Collection[str] | None = None
 ) -> Iterator[JobSpec]:
     """Yield the manifest's jobs in order, expanded and deduplicated (first wins).
 
@@ -124,12 +134,13 @@ def iter_jobs(
     validation and remembers only those ids, so memory stays flat however long
     the manifest; without it, it checks duplicates itself (a set of every id).
     """
-    where = os.fspath(path)
+    source = _source(path)
+    where = _name(source)
     ids = _IdSet() if repeated is None else None
     only = frozenset(repeated or ())
     emitted: set[str] = set()
     empty = True
-    for row, job_id, seed, explicit in _expanded(where):
+    for row, job_id, seed, explicit in _expanded(source):
         if ids is not None:
             seen = ids.add(job_id, explicit)
         elif job_id in only:
@@ -149,7 +160,7 @@ def iter_jobs(
                 source=f"{where}:{row.line}",
             )
         elif seen is _Seen.CLASH:
-            _raise_clash(where, job_id, row.line)
+            _raise_clash(source, job_id, row.line)
     if empty:
         raise ManifestError("manifest has no jobs", path=where)
 
@@ -209,13 +220,13 @@ _digest: Callable[[str], object] = (
 )
 
 
-def _first_lines(where: str, job_ids: Iterable[str]) -> dict[str, int]:
+def _first_lines(source: _Source, job_ids: Iterable[str]) -> dict[str, int]:
     """Re-read the manifest to find the first line producing each of `job_ids`."""
     wanted = set(job_ids)
     found: dict[str, int] = {}
     if not wanted:
         return found
-    for row, job_id, _, _ in _expanded(where):
+    for row, job_id, _, _ in _expanded(source):
         if job_id in wanted and job_id not in found:
             found[job_id] = row.line
             if len(found) == len(wanted):
@@ -223,22 +234,26 @@ def _first_lines(where: str, job_ids: Iterable[str]) -> dict[str, int]:
     return found
 
 
-def _raise_clash(where: str, job_id: str, line: int) -> NoReturn:
-    first = _first_lines(where, [job_id]).get(job_id)
+def _raise_clash(source: _Source, job_id: str, line: int) -> NoReturn:
+    first = _first_lines(source, [job_id]).get(job_id)
     if first is None or first == line:
         # Only a 64-bit digest collision can get here.
         detail = "collides with an earlier job id"
     else:
         detail = f"is already used by the job on line {first}"
     raise ManifestError(
-        f"duplicate job id {job_id!r}: it {detail}", path=where, line=line, field="id"
+        f"duplicate job id {job_id!r}: it {detail}",
+        path=_name(source),
+        line=line,
+        field="id",
     )
 
 
 def _duplicate_warnings(
-    where: str, duplicates: list[tuple[int, str]], duplicate_rows: int
+    source: _Source, duplicates: list[tuple[int, str]], duplicate_rows: int
 ) -> tuple[str, ...]:
-    firsts = _first_lines(where, (job_id for _, job_id in duplicates))
+    where = _name(source)
+    firsts = _first_lines(source, (job_id for _, job_id in duplicates))
     warnings = [
         f"{where}:{line}: same prompt, resolution, seed and prompt_extend as "
         f"line {firsts.get(job_id, '?')} (job id {job_id}); it runs only once"
@@ -255,13 +270,14 @@ def _duplicate_warnings(
 # --- rows -> jobs -------------------------------------------------------------
 
 
-def _expanded(where: str) -> Iterator[tuple[_Row, str, int | None, bool]]:
+def _expanded(source: _Source) -> Iterator[tuple[_Row, str, int | None, bool]]:
     """Yield `(row, job id, seed, id is explicit)` per job, before deduplication.
 
     No JobSpec here: building one costs more than the rest of a CSV row, and
     the validation pass never needs it.
     """
-    for row in _read_rows(where):
+    where = _name(source)
+    for row in _read_rows(source):
         explicit = row.job_id is not None
         base_id = (
             row.job_id
@@ -298,7 +314,19 @@ def _repeat_copies(
 # --- formats ------------------------------------------------------------------
 
 
-def _read_rows(where: str) -> Iterator[_Row]:
+def _source(path: ManifestSource) -> _Source:
+    return path if isinstance(path, JobItems) else os.fspath(path)
+
+
+def _name(source: _Source) -> str:
+    """What messages call the manifest: its path, or `<jobs>` for values."""
+    return source.name if isinstance(source, JobItems) else source
+
+
+def _read_rows(source: _Source) -> Iterator[_Row]:
+    if isinstance(source, JobItems):
+        return source.rows()
+    where = source
     suffix = os.path.splitext(where)[1].lower()
     if suffix in _CSV_SUFFIXES:
         return _csv_rows(where)

@@ -7,7 +7,6 @@ million-line ledger costs one dict of job ids, not a million records.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
@@ -17,22 +16,20 @@ import logging
 import math
 import os
 import re
-import secrets
 import tarfile
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote
 
 from batch_runner.models import JobStatus
 from batch_runner.store.images import image_size, sniff_extension
 from batch_runner.store.ledger import RECORD_HEAD, ledger_lines, parse_record
+from batch_runner.store.rundir import RunDir, atomic_write
 
 log = logging.getLogger("batch_runner.outputs.dataset")
 
-METADATA_NAME = "metadata.jsonl"
-LEDGER_NAME = "ledger.jsonl"
 META_PREFIX = "meta_"
 SHARD_PATTERN = "shard-{:06d}.tar"
 
@@ -467,7 +464,7 @@ def write_metadata(run_dir: Path, ledger_path: Path | None = None) -> int:
     "DIR/metadata.jsonl"})`; `data_dir=DIR` also works unless an image name
     starts with train/test/validation/..., which `datasets` takes as split names.
     """
-    ledger = ledger_path if ledger_path is not None else run_dir / LEDGER_NAME
+    ledger = RunDir(run_dir, ledger=ledger_path).ledger
     # Pass 1 learns the columns and picks the rows to write first; pass 2 writes.
     # Rereading the ledger beats holding a million rows; images are only stat'ed.
     lines = final_lines(ledger)
@@ -483,31 +480,12 @@ def write_metadata(run_dir: Path, ledger_path: Path | None = None) -> int:
         if (s.job_id, s.image.index) not in firsts
     )
     rows = 0
-    with atomic_file(run_dir / METADATA_NAME) as fh:
+    with atomic_write(RunDir(run_dir).metadata) as fh:
         for row in schema.rows(itertools.chain(firsts.values(), rest)):
             fh.write(_ROW_ENCODER.encode(row).encode("utf-8") + b"\n")
             rows += 1
     _warn_missing(run_dir, scan)
     return rows
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """A temp file beside `path` that replaces it only if the block completes."""
-    # not tempfile.mkstemp: its 0600 would make the dataset unreadable to others;
-    # os.open with 0666 lets the umask decide, like any other file we write
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # -- WebDataset ---------------------------------------------------------------
@@ -603,7 +581,7 @@ def export_webdataset(
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    ledger = ledger_path if ledger_path is not None else run_dir / LEDGER_NAME
+    ledger = RunDir(run_dir, ledger=ledger_path).ledger
     out_dir.mkdir(parents=True, exist_ok=True)
     scan = _Scan()
     written: list[Path] = []
@@ -614,7 +592,7 @@ def export_webdataset(
         shard = out_dir / SHARD_PATTERN.format(len(written))
         rest = itertools.islice(members, shard_size - 1)
         with (
-            atomic_file(shard) as fh,
+            atomic_write(shard) as fh,
             tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
             for key, parts in itertools.chain([first], rest):

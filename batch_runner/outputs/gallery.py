@@ -18,8 +18,6 @@ import base64
 import hashlib
 import html
 import json
-import os
-import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,8 +27,8 @@ from urllib.parse import quote
 
 from batch_runner.errors import LedgerError
 from batch_runner.store.ledger import iter_records, utc_now_iso
+from batch_runner.store.rundir import RunDir, atomic_write
 
-GALLERY_NAME: Final = "index.html"
 DEFAULT_MAX_IMAGES: Final = 5_000
 DEFAULT_MAX_FAILED: Final = 1_000
 # alt text is for screen readers and broken images; past this it only bloats
@@ -476,25 +474,14 @@ def write_gallery(
     """
     if max_images < 0 or max_failed < 0:
         raise ValueError("max_images and max_failed must be >= 0")
-    ledger_path = ledger_path if ledger_path is not None else run_dir / "ledger.jsonl"
-    if not ledger_path.is_file():
-        raise LedgerError(f"no ledger at {ledger_path}")
+    run = RunDir(run_dir, ledger=ledger_path)
+    if not run.ledger.is_file():
+        raise LedgerError(f"no ledger at {run.ledger}")
     if title is None:
         title = f"{run_dir.resolve().name or run_dir} — gallery"
 
-    target = run_dir / GALLERY_NAME
-    # a name of our own (not mkstemp) so the page gets the umask's usual
-    # permissions, readable by a web server if the directory is served
-    tmp = run_dir / f".{GALLERY_NAME}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        # a lone surrogate from a JSON escape cannot be UTF-8: it becomes a '?'
-        with open(fd, "w", encoding="utf-8", errors="replace", newline="\n") as out:
-            _render(out, run_dir, ledger_path, title, max_images, max_failed)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    target = run.gallery
+    # a lone surrogate from a JSON escape cannot be UTF-8: it becomes a '?'
+    with atomic_write(target, "w", errors="replace", newline="\n") as out:
+        _render(out, run_dir, run.ledger, title, max_images, max_failed)
     return target

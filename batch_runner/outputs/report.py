@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from batch_runner.manifest.reader import validate_manifest
+from batch_runner.manifest.reader import ManifestSource, validate_manifest
 from batch_runner.outputs.audit import suspected_duplicate_submits
 from batch_runner.store.ledger import (
     RECORD_HEAD,
@@ -25,6 +25,7 @@ from batch_runner.store.ledger import (
     ledger_lines,
     parse_record,
 )
+from batch_runner.store.rundir import RunDir
 
 _TS = re.compile(rb'"ts":"([^"]*)"')
 _FILES = re.compile(rb'"files":\[([^\]]*)\]')
@@ -50,8 +51,11 @@ class RunStatus:
     failure_reasons: list[dict[str, Any]] = field(default_factory=list)
     suspected_duplicates: dict[str, int] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
+        """The numbers `status --json` prints."""
         return asdict(self)
+
+    to_json = to_dict
 
 
 def _scan(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, str]], RunStatus]:
@@ -104,7 +108,7 @@ def _scan(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, str]], RunSt
 def run_status(
     ledger: Path,
     run_dir: Path | None = None,
-    manifest: Path | None = None,
+    manifest: ManifestSource | None = None,
     keep: Callable[[str], bool] | None = None,
 ) -> RunStatus:
     """Everything `batch-runner status` reports, from one pass over the ledger
@@ -134,13 +138,14 @@ def run_status(
         for (stage, msg), n in reasons.most_common()
     ]
     if run_dir is not None:
-        images = run_dir / "images"
+        run = RunDir(run_dir, ledger=ledger)
+        images = run.images
         if images.is_dir():
             with os.scandir(images) as entries:
                 status.images_on_disk = sum(
                     1 for e in entries if not e.name.startswith(".") and e.is_file()
                 )
-        attempts = run_dir / "attempts.jsonl"
+        attempts = run.attempts
         if attempts.exists():
             status.suspected_duplicates = suspected_duplicate_submits(
                 _submit_outcomes(ledger), _json_objects(ledger_lines(attempts))

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,11 @@ RECORD_HEAD = re.compile(
     rb'^\{"job_id":"([A-Za-z0-9._-]+)","status":"(succeeded|submitted|failed)"'
 )
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+log = logging.getLogger("batch_runner.store.ledger")
+
+#: called with each record once it is written (see LedgerWriter)
+OnRecord = Callable[[dict[str, Any]], object]
 
 
 def utc_now_iso() -> str:
@@ -210,6 +216,12 @@ class LedgerWriter:
     that arrive together are written together: one flush (one fsync) covers a
     group. The file write itself is synchronous: a flush of a few hundred bytes
     to the page cache costs less than handing it to a thread.
+
+    `on_record`, if given, is called with each record after its line is
+    written, in ledger order, on the event loop: a copy decoded from the line
+    itself, so it sees exactly what the ledger holds and cannot change what a
+    later record says. An exception it raises is logged and otherwise ignored:
+    a caller's metrics must never stop the ledger.
     """
 
     def __init__(
@@ -218,9 +230,11 @@ class LedgerWriter:
         *,
         fsync: bool = False,
         secrets: Sequence[str] = (),
+        on_record: OnRecord | None = None,
     ) -> None:
         self.path = path
         self._fsync = fsync
+        self._on_record = on_record
         self._secrets = [s.encode() for s in secrets if s]
         self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[None]] | None] = (
             asyncio.Queue()
@@ -292,8 +306,21 @@ class LedgerWriter:
                 for _, fut in entries:
                     if not fut.done():
                         fut.set_result(None)
+                if self._on_record is not None:
+                    for line, _ in entries:
+                        self._notify(self._on_record, line)
             if len(entries) != len(batch):
                 return
+
+    def _notify(self, on_record: OnRecord, line: bytes) -> None:
+        record: dict[str, Any] = json.loads(line)
+        try:
+            on_record(record)
+        except Exception:
+            log.exception(
+                "on_record callback raised for job %s (the run goes on)",
+                record.get("job_id"),
+            )
 
     async def close(self) -> None:
         """Write everything queued, then close the file."""

@@ -1,4 +1,4 @@
-"""One run per run directory: an advisory lock the kernel drops when we die."""
+"""One writer per piece of run state: advisory locks the kernel drops when we die."""
 
 from __future__ import annotations
 
@@ -15,15 +15,18 @@ from batch_runner.errors import RunLockedError
 LOCK_NAME = ".lock"
 
 
-class RunLock:
-    """`flock` on `DIR/.lock`; the file says who holds it, for the error message.
+class FileLock:
+    """`flock` on a lock file; the file says who holds it, for the error message.
 
     flock (not a pid file) because the kernel releases it when the process dies,
     even by SIGKILL, so a crashed run never blocks the next one.
     """
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / LOCK_NAME
+    def __init__(self, path: Path, *, what: str, hint: str) -> None:
+        self.path = path
+        #: what the lock guards and what to do about it, for RunLockedError
+        self._what = what
+        self._hint = hint
         self._fh: IO[str] | None = None
 
     def acquire(self) -> None:
@@ -37,8 +40,7 @@ class RunLock:
             holder = fh.read().strip() or "unknown process"
             fh.close()
             raise RunLockedError(
-                f"run directory {self.path.parent} is in use by another run "
-                f"({holder}); wait for it to finish or use another --out"
+                f"{self._what} is in use by another run ({holder}); {self._hint}"
             ) from None
         fh.seek(0)
         fh.truncate()
@@ -55,7 +57,7 @@ class RunLock:
             self._fh.close()  # closing drops the flock
             self._fh = None
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> FileLock:
         self.acquire()
         return self
 
@@ -66,3 +68,14 @@ class RunLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+class RunLock(FileLock):
+    """The lock of a run directory: `DIR/.lock`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(
+            run_dir / LOCK_NAME,
+            what=f"run directory {run_dir}",
+            hint="wait for it to finish or use another --out",
+        )

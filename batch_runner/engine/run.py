@@ -1,0 +1,665 @@
+"""One whole run as a library call: lock, ledger, validation and plan, simulator,
+HTTP session, ledger writers, runner, metadata, result.
+
+`run_batch` (async) and `run_batch_sync` are the entry points; the CLI's `run` is
+one caller of `run_batch_sync`. Nothing here prints, exits, configures logging
+or installs signal handlers unless asked to (`handle_signals=True`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import math
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+
+from batch_runner.engine.plan import PlanCounts, plan_counter, work_items
+from batch_runner.engine.progress import NullProgress, Progress, TqdmProgress
+from batch_runner.engine.result import Plan, RunResult, conclude
+from batch_runner.engine.retry import RetryPolicy
+from batch_runner.engine.runner import Runner, RunOptions
+from batch_runner.engine.runner import RunResult as RunTally
+from batch_runner.engine.sharding import Shard, as_shard
+from batch_runner.errors import BatchRunnerError, UsageError
+from batch_runner.manifest.items import Jobs, job_source
+from batch_runner.manifest.reader import ManifestSource, iter_jobs, validate_manifest
+from batch_runner.models import JobSpec
+from batch_runner.outputs.dataset import write_metadata
+from batch_runner.simulator import app as simulator
+from batch_runner.store.ledger import LedgerWriter, ResumeState, read_ledger
+from batch_runner.store.rundir import RunDir
+from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES, ZImageClient
+
+log = logging.getLogger("batch_runner")
+
+DEFAULT_BASE_URL = "https://api.tensorslab.com"
+KEY_ENV = "TENSORSLAB_API_KEY"
+BASE_URL_ENV = "TENSORSLAB_BASE_URL"
+
+#: called with each ledger record as it is written
+OnRecord = Callable[[dict[str, Any]], object]
+EventLoop = Literal["auto", "asyncio", "uvloop"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """Everything one run was asked to do, checked."""
+
+    source: ManifestSource
+    run_dir: RunDir
+    api_key: str
+    #: None: start the built-in simulator
+    base_url: str | None
+    options: RunOptions
+    request_timeout: float
+    retry_failed: bool
+    max_image_bytes: int
+    fsync: bool
+    progress: bool
+    shard: Shard | None
+    mock_fault_rate: float
+    mock_generation_time: float
+    on_record: OnRecord | None
+    handle_signals: bool
+
+
+# -- the public calls ------------------------------------------------------------
+
+
+async def run_batch(
+    jobs: Jobs,
+    *,
+    out: str | os.PathLike[str],
+    api_key: str | None = None,
+    base_url: str | None = None,
+    mock: bool = False,
+    ledger: str | os.PathLike[str] | None = None,
+    concurrency: int | Literal["auto"] = 8,
+    max_concurrency: int = 256,
+    rate: float | None = None,
+    retries: int = 5,
+    poll_interval: float = 1.0,
+    job_timeout: float = 900.0,
+    request_timeout: float = 60.0,
+    grace: float = 10.0,
+    retry_failed: bool = False,
+    download: bool = True,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    fsync: bool = False,
+    max_jobs: int | None = None,
+    max_failures: int | None = None,
+    shard: str | Shard | None = None,
+    progress: bool = False,
+    on_record: OnRecord | None = None,
+    handle_signals: bool = False,
+    mock_fault_rate: float = 0.0,
+    mock_generation_time: float = 0.5,
+) -> RunResult:
+    """Run (or resume) a batch of jobs; returns when every job in scope is done
+    or the run stopped. Rerunning with the same `out` resumes: finished jobs are
+    skipped, submitted tasks are polled, never paid for twice.
+
+    `jobs` is a manifest path (YAML, CSV or JSONL), or an iterable of prompt
+    strings and mappings with the manifest fields (`prompt`, `id`, `resolution`,
+    `seed`, `prompt_extend`, `repeat`, `meta`). Every job is validated before
+    anything is sent; a bad one raises ManifestError naming its line (for an
+    iterable: its 1-based position, with `path` "<jobs>") and field. An
+    iterable is read twice (validation, then the run) and not held in memory;
+    a one-shot iterator (a generator, `map`) is copied into a list first.
+
+    `api_key` defaults to `$TENSORSLAB_API_KEY`, `base_url` to
+    `$TENSORSLAB_BASE_URL` or the real API; `mock=True` runs against the
+    built-in simulator instead (no key needed). The other keywords are the
+    `batch-runner run` options of the same names (`concurrency="auto"` is
+    `--concurrency auto`; `retries` counts retries after the first try).
+
+    `on_record(record)` is called with a copy of every ledger record as it is
+    written, on the event loop (keep it quick); an exception in it is logged
+    and the run goes on. With `handle_signals=True` (main thread only),
+    SIGINT/SIGTERM stop the run as in the CLI: no new jobs, `grace` seconds for
+    those in flight, a second signal cancels them. Cancelling the call's task
+    cancels the in-flight jobs; the ledger keeps every record written.
+
+    Raises ManifestError (bad job), UsageError (bad keyword value, no key),
+    RunLockedError (another run holds `out` or the ledger), LedgerError.
+    Slow file work (validation, the metadata index) runs in a worker thread so
+    the event loop stays responsive.
+    """
+    settings = _settings(
+        jobs,
+        out=out,
+        api_key=api_key,
+        base_url=base_url,
+        mock=mock,
+        ledger=ledger,
+        concurrency=concurrency,
+        max_concurrency=max_concurrency,
+        rate=rate,
+        retries=retries,
+        poll_interval=poll_interval,
+        job_timeout=job_timeout,
+        request_timeout=request_timeout,
+        grace=grace,
+        retry_failed=retry_failed,
+        download=download,
+        max_image_bytes=max_image_bytes,
+        fsync=fsync,
+        max_jobs=max_jobs,
+        max_failures=max_failures,
+        shard=shard,
+        progress=progress,
+        on_record=on_record,
+        handle_signals=handle_signals,
+        mock_fault_rate=mock_fault_rate,
+        mock_generation_time=mock_generation_time,
+    )
+    return await _run_async(settings)
+
+
+def run_batch_sync(
+    jobs: Jobs,
+    *,
+    out: str | os.PathLike[str],
+    api_key: str | None = None,
+    base_url: str | None = None,
+    mock: bool = False,
+    ledger: str | os.PathLike[str] | None = None,
+    concurrency: int | Literal["auto"] = 8,
+    max_concurrency: int = 256,
+    rate: float | None = None,
+    retries: int = 5,
+    poll_interval: float = 1.0,
+    job_timeout: float = 900.0,
+    request_timeout: float = 60.0,
+    grace: float = 10.0,
+    retry_failed: bool = False,
+    download: bool = True,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    fsync: bool = False,
+    max_jobs: int | None = None,
+    max_failures: int | None = None,
+    shard: str | Shard | None = None,
+    progress: bool = False,
+    on_record: OnRecord | None = None,
+    handle_signals: bool = False,
+    mock_fault_rate: float = 0.0,
+    mock_generation_time: float = 0.5,
+    event_loop: EventLoop = "auto",
+) -> RunResult:
+    """`run_batch` for code that is not async: same arguments, same result.
+
+    In a plain script it runs the batch on an event loop of its own
+    (`event_loop`: uvloop when installed with "auto", or force "asyncio" /
+    "uvloop"). Called where an event loop is already running (a Jupyter cell,
+    an async framework) it runs the batch on a worker thread with its own loop
+    and blocks until it is done; `on_record` is then called on that thread.
+    Ctrl-C (KeyboardInterrupt) cancels the in-flight jobs, waits for the ledger
+    to be written, and is raised again.
+    """
+    settings = _settings(
+        jobs,
+        out=out,
+        api_key=api_key,
+        base_url=base_url,
+        mock=mock,
+        ledger=ledger,
+        concurrency=concurrency,
+        max_concurrency=max_concurrency,
+        rate=rate,
+        retries=retries,
+        poll_interval=poll_interval,
+        job_timeout=job_timeout,
+        request_timeout=request_timeout,
+        grace=grace,
+        retry_failed=retry_failed,
+        download=download,
+        max_image_bytes=max_image_bytes,
+        fsync=fsync,
+        max_jobs=max_jobs,
+        max_failures=max_failures,
+        shard=shard,
+        progress=progress,
+        on_record=on_record,
+        handle_signals=handle_signals,
+        mock_fault_rate=mock_fault_rate,
+        mock_generation_time=mock_generation_time,
+    )
+    factory = loop_factory(event_loop)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run_here(settings, factory)
+    if settings.handle_signals:
+        raise UsageError(
+            "handle_signals=True needs the main thread, but an event loop is "
+            "already running here; use `await run_batch(...)` instead"
+        )
+    return _run_on_worker_thread(settings, factory)
+
+
+def plan(
+    jobs: Jobs,
+    *,
+    out: str | os.PathLike[str],
+    ledger: str | os.PathLike[str] | None = None,
+    retry_failed: bool = False,
+    shard: str | Shard | None = None,
+    max_jobs: int | None = None,
+) -> Plan:
+    """What `run_batch` would do now, sending nothing (a dry run): the jobs are
+    validated exactly as for a run and compared with the ledger. Takes no lock
+    and needs no key. Raises ManifestError on a bad job."""
+    run_dir = RunDir(out, ledger=ledger)
+    chosen = as_shard(shard)
+    if max_jobs is not None:
+        _check_int("max_jobs", max_jobs, 0)
+    counts, _, _ = _survey(
+        job_source(jobs), run_dir, retry_failed=retry_failed, shard=chosen
+    )
+    return Plan.from_counts(
+        counts, max_jobs=max_jobs, shard=chosen.label if chosen else None
+    )
+
+
+# -- running ---------------------------------------------------------------------
+
+
+async def _run_async(s: _Settings) -> RunResult:
+    started = time.monotonic()
+    if s.handle_signals and threading.current_thread() is not threading.main_thread():
+        raise UsageError("handle_signals=True works only in the main thread")
+    with s.run_dir.lock():
+        counts, state, repeated = await asyncio.to_thread(
+            _survey, s.source, s.run_dir, retry_failed=s.retry_failed, shard=s.shard
+        )
+        the_plan = _announce(s, counts)
+        tally = await _execute(s, state, counts, repeated)
+        # the resume state can be large; let it go before the metadata pass
+        del state
+        await asyncio.to_thread(refresh_metadata, s.run_dir)
+        return _result(s, tally, the_plan, started)
+
+
+def _run_here(
+    s: _Settings, factory: Callable[[], asyncio.AbstractEventLoop] | None
+) -> RunResult:
+    """The synchronous path: file work in this thread (so Ctrl-C during a long
+    validation stops at once), the network part on an event loop of its own."""
+    started = time.monotonic()
+    with s.run_dir.lock():
+        counts, state, repeated = _survey(
+            s.source, s.run_dir, retry_failed=s.retry_failed, shard=s.shard
+        )
+        the_plan = _announce(s, counts)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            tally = runner.run(_execute(s, state, counts, repeated))
+        del state
+        refresh_metadata(s.run_dir)
+        return _result(s, tally, the_plan, started)
+
+
+def _run_on_worker_thread(
+    s: _Settings, factory: Callable[[], asyncio.AbstractEventLoop] | None
+) -> RunResult:
+    """Run on a thread with its own loop (the caller's loop is busy running us)."""
+    outcome: concurrent.futures.Future[RunResult] = concurrent.futures.Future()
+    cancel = _CrossThreadCancel()
+
+    async def main() -> RunResult:
+        cancel.attach()
+        return await _run_async(s)
+
+    def work() -> None:
+        try:
+            with asyncio.Runner(loop_factory=factory) as runner:
+                outcome.set_result(runner.run(main()))
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome.set_exception(exc)
+
+    thread = threading.Thread(target=work, name="batch-runner")
+    thread.start()
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        cancel.cancel()
+        # wait for the jobs to wind down and the ledger to be written
+        thread.join()
+        raise
+    return outcome.result()
+
+
+class _CrossThreadCancel:
+    """Cancel a task running on another thread's loop, even before it started."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self) -> None:
+        """Called by the task itself, first thing."""
+        with self._lock:
+            if self._cancelled:
+                raise asyncio.CancelledError
+            self._task = asyncio.current_task()
+            self._loop = asyncio.get_running_loop()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            if self._task is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._task.cancel)
+
+
+def _survey(
+    source: ManifestSource,
+    run_dir: RunDir,
+    *,
+    retry_failed: bool,
+    shard: Shard | None,
+) -> tuple[PlanCounts, ResumeState, frozenset[str]]:
+    """Read the ledger, then validate every job and count the plan in one pass
+    (millions of rows); raises ManifestError before anything is sent."""
+    state = read_ledger(run_dir.ledger)
+    for warning in state.warnings:
+        log.warning("%s", warning)
+    counts, count = plan_counter(
+        state,
+        retry_failed=retry_failed,
+        keep=shard.keeps if shard is not None else None,
+    )
+    summary = validate_manifest(source, on_job=count)
+    for warning in summary.warnings:
+        log.warning("%s", warning)
+    return counts, state, summary.repeated
+
+
+def _announce(s: _Settings, counts: PlanCounts) -> Plan:
+    the_plan = Plan.from_counts(
+        counts,
+        max_jobs=s.options.max_jobs,
+        shard=s.shard.label if s.shard else None,
+    )
+    log.info("%s", the_plan.describe())
+    return the_plan
+
+
+def _result(s: _Settings, tally: RunTally, the_plan: Plan, started: float) -> RunResult:
+    return conclude(
+        tally,
+        the_plan,
+        elapsed=time.monotonic() - started,
+        out=s.run_dir.root,
+        ledger=s.run_dir.ledger,
+    )
+
+
+async def _execute(
+    s: _Settings,
+    state: ResumeState,
+    counts: PlanCounts,
+    repeated: frozenset[str],
+) -> RunTally:
+    """The network part: simulator (if mock), session, client, writers, runner."""
+    async with contextlib.AsyncExitStack() as stack:
+        base_url = s.base_url
+        if base_url is None:
+            sim = await stack.enter_async_context(
+                await simulator.start_simulator(
+                    simulator.SimulatorConfig(
+                        key=s.api_key,
+                        fault_rate=s.mock_fault_rate,
+                        generation_time=s.mock_generation_time,
+                        # a simulated hang ends in a 503 after 3 s: demos must not stall
+                        hang_time=min(3.0, s.request_timeout),
+                    )
+                )
+            )
+            base_url = sim.url
+            log.info("using the built-in Z-Image simulator at %s", base_url)
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                # our semaphore is the limit; the connector's default of 100
+                # would silently cap the concurrency
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+            )
+        )
+        client = ZImageClient(
+            session,
+            base_url,
+            s.api_key,
+            request_timeout=s.request_timeout,
+            max_image_bytes=s.max_image_bytes,
+        )
+        ledger = await stack.enter_async_context(
+            LedgerWriter(
+                s.run_dir.ledger,
+                fsync=s.fsync,
+                secrets=[s.api_key],
+                on_record=s.on_record,
+            )
+        )
+        attempt_log = await stack.enter_async_context(
+            LedgerWriter(s.run_dir.attempts, fsync=s.fsync)
+        )
+        s.run_dir.remove_partial_downloads()
+        progress: Progress = (
+            TqdmProgress(counts.in_scope)
+            if s.progress and counts.in_scope
+            else NullProgress()
+        )
+        stack.callback(progress.close)
+        runner = Runner(
+            client,
+            ledger,
+            s.options,
+            out_dir=s.run_dir.root,
+            images_dir=s.run_dir.images,
+            progress=progress,
+            attempt_log=attempt_log,
+            run_id=f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",
+        )
+        if s.handle_signals:
+            stack.enter_context(_stop_on_signals(runner))
+        items = work_items(
+            _jobs_in_scope(s, repeated), state, retry_failed=s.retry_failed
+        )
+        return await runner.run(items)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(runner: Runner) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the runner to stop (a second one cancels at once)."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, runner.request_stop, signum)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _jobs_in_scope(s: _Settings, repeated: frozenset[str]) -> Iterator[JobSpec]:
+    jobs = iter_jobs(s.source, repeated=repeated)
+    return s.shard.select(jobs) if s.shard is not None else jobs
+
+
+def refresh_metadata(run_dir: RunDir) -> None:
+    """Rebuild DIR/metadata.jsonl from the ledger, unless it is already newer."""
+    target = run_dir.metadata
+    try:
+        if target.exists() and target.stat().st_mtime >= run_dir.ledger.stat().st_mtime:
+            return
+        rows = write_metadata(run_dir.root, run_dir.ledger)
+    except (OSError, BatchRunnerError) as exc:
+        # the images and the ledger are what matter; the index can be rebuilt
+        log.warning("could not write %s: %s", target, exc)
+        return
+    log.info("metadata.jsonl: %d image(s)", rows)
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when asked for (or, with "auto", when installed)."""
+    if choice not in ("auto", "asyncio", "uvloop"):
+        raise UsageError(
+            f"event_loop must be 'auto', 'asyncio' or 'uvloop', got {choice!r}"
+        )
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise UsageError(
+                "--event-loop uvloop: uvloop is not installed "
+                "(pip install 'zimage-batch-runner[fast]')"
+            ) from None
+        return None
+    log.debug("using uvloop")
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+# -- checking the arguments ---------------------------------------------------------
+
+
+def _settings(
+    jobs: Jobs,
+    *,
+    out: str | os.PathLike[str],
+    api_key: str | None,
+    base_url: str | None,
+    mock: bool,
+    ledger: str | os.PathLike[str] | None,
+    concurrency: int | Literal["auto"],
+    max_concurrency: int,
+    rate: float | None,
+    retries: int,
+    poll_interval: float,
+    job_timeout: float,
+    request_timeout: float,
+    grace: float,
+    retry_failed: bool,
+    download: bool,
+    max_image_bytes: int,
+    fsync: bool,
+    max_jobs: int | None,
+    max_failures: int | None,
+    shard: str | Shard | None,
+    progress: bool,
+    on_record: OnRecord | None,
+    handle_signals: bool,
+    mock_fault_rate: float,
+    mock_generation_time: float,
+) -> _Settings:
+    """Check every keyword (UsageError names the bad one) and resolve defaults."""
+    adaptive = concurrency == "auto"
+    if not adaptive:
+        _check_int("concurrency", concurrency, 1)
+    _check_int("max_concurrency", max_concurrency, 1)
+    if rate is not None:
+        _check_float("rate", rate, low=0.0, inclusive=False)
+    _check_int("retries", retries, 0)
+    _check_float("poll_interval", poll_interval, low=0.01)
+    _check_float("job_timeout", job_timeout, low=0.0, inclusive=False)
+    _check_float("request_timeout", request_timeout, low=0.0, inclusive=False)
+    _check_float("grace", grace, low=0.0)
+    _check_int("max_image_bytes", max_image_bytes, 1)
+    if max_jobs is not None:
+        _check_int("max_jobs", max_jobs, 0)
+    if max_failures is not None:
+        _check_int("max_failures", max_failures, 1)
+    _check_float("mock_fault_rate", mock_fault_rate, low=0.0, high=1.0)
+    _check_float("mock_generation_time", mock_generation_time, low=0.0)
+    if on_record is not None and not callable(on_record):
+        raise UsageError(f"on_record must be callable, got {on_record!r}")
+    key, url = _where_to_send(api_key, base_url, mock)
+    options = RunOptions(
+        concurrency=max_concurrency if adaptive else int(concurrency),
+        adaptive=adaptive,
+        max_concurrency=max_concurrency,
+        rate=rate,
+        retry=RetryPolicy(attempts=retries + 1),
+        poll_interval=poll_interval,
+        job_timeout=job_timeout,
+        download=download,
+        grace=grace,
+        max_jobs=max_jobs,
+        max_failures=max_failures,
+    )
+    return _Settings(
+        source=job_source(jobs),
+        run_dir=RunDir(out, ledger=ledger),
+        api_key=key,
+        base_url=url,
+        options=options,
+        request_timeout=request_timeout,
+        retry_failed=retry_failed,
+        max_image_bytes=max_image_bytes,
+        fsync=fsync,
+        progress=progress,
+        shard=as_shard(shard),
+        mock_fault_rate=mock_fault_rate,
+        mock_generation_time=mock_generation_time,
+        on_record=on_record,
+        handle_signals=handle_signals,
+    )
+
+
+def _where_to_send(
+    api_key: str | None, base_url: str | None, mock: bool
+) -> tuple[str, str | None]:
+    """The key and the base URL (None: the simulator), from arguments or env."""
+    key = (api_key if api_key is not None else os.environ.get(KEY_ENV, "")).strip()
+    if mock:
+        if base_url is not None:
+            raise UsageError("give base_url or mock=True, not both")
+        # the simulator checks a key too; any will do
+        return key or "sim-" + secrets.token_hex(12), None
+    if not key:
+        raise UsageError(
+            f"no API key: pass api_key=... or set {KEY_ENV} "
+            "(or use mock=True to run on the simulator)"
+        )
+    url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    return key, url
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise UsageError(f"{name} must be >= {low}, got {value}")
+
+
+def _check_float(
+    name: str,
+    value: object,
+    *,
+    low: float,
+    high: float | None = None,
+    inclusive: bool = True,
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {value}")
+    too_low = value < low if inclusive else value <= low
+    if too_low or (high is not None and value > high):
+        bound = f">= {low:g}" if inclusive else f"> {low:g}"
+        if high is not None:
+            bound = f"between {low:g} and {high:g}"
+        raise UsageError(f"{name} must be {bound}, got {value}")
