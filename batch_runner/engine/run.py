@@ -323,19 +323,26 @@ def _run_on_worker_thread(
     def work() -> None:
         try:
             with asyncio.Runner(loop_factory=factory) as runner:
-                outcome.set_result(runner.run(main()))
+                result = runner.run(main())
         except BaseException as exc:  # handed to the caller's thread below
             outcome.set_exception(exc)
+        else:
+            # only now: the loop is closed and every file is written
+            outcome.set_result(result)
 
     thread = threading.Thread(target=work, name="batch-runner")
     thread.start()
+    # Wait on the future, not on thread.join(): a join interrupted by Ctrl-C
+    # marks the thread stopped while it still runs (CPython bpo-45274), so a
+    # second join would return at once, before the ledger is written.
     try:
-        thread.join()
+        concurrent.futures.wait([outcome])
     except KeyboardInterrupt:
         cancel.cancel()
         # wait for the jobs to wind down and the ledger to be written
-        thread.join()
+        concurrent.futures.wait([outcome])
         raise
+    thread.join()
     return outcome.result()
 
 
