@@ -277,8 +277,7 @@ def plan(
 
 async def _run_async(s: _Settings) -> RunResult:
     started = time.monotonic()
-    if s.handle_signals and threading.current_thread() is not threading.main_thread():
-        raise UsageError("handle_signals=True works only in the main thread")
+    _check_signals_allowed(s)
     with s.run_dir.lock():
         counts, state, repeated = await asyncio.to_thread(
             _survey, s.source, s.run_dir, retry_failed=s.retry_failed, shard=s.shard
@@ -297,6 +296,7 @@ def _run_here(
     """The synchronous path: file work in this thread (so Ctrl-C during a long
     validation stops at once), the network part on an event loop of its own."""
     started = time.monotonic()
+    _check_signals_allowed(s)
     with s.run_dir.lock():
         counts, state, repeated = _survey(
             s.source, s.run_dir, retry_failed=s.retry_failed, shard=s.shard
@@ -344,6 +344,12 @@ def _run_on_worker_thread(
         raise
     thread.join()
     return outcome.result()
+
+
+def _check_signals_allowed(s: _Settings) -> None:
+    # Python delivers signals to the main thread only
+    if s.handle_signals and threading.current_thread() is not threading.main_thread():
+        raise UsageError("handle_signals=True works only in the main thread")
 
 
 class _CrossThreadCancel:
