@@ -65,11 +65,9 @@ def test_ledger_lock_names_the_ledger_and_its_holder(tmp_path: Path) -> None:
     ledger = tmp_path / "A" / "ledger.jsonl"
     (tmp_path / "link").symlink_to(tmp_path / "A", target_is_directory=True)
     with RunDir(tmp_path / "A").lock():
-        with pytest.raises(RunLockedError, match="ledger .* in use .*pid"):
-            with RunDir(
-                tmp_path / "B", ledger=tmp_path / "link" / "ledger.jsonl"
-            ).lock():
-                pass
+        borrowed = RunDir(tmp_path / "B", ledger=tmp_path / "link" / "ledger.jsonl")
+        with pytest.raises(RunLockedError, match=r"ledger .* in use .*pid"):
+            borrowed.lock()
         # the refused attempt kept no lock on B
         with RunDir(tmp_path / "B").lock():
             pass
@@ -85,9 +83,8 @@ def test_ledgers_with_other_names_lock_one_by_one(tmp_path: Path) -> None:
     with RunDir(tmp_path / "A", ledger=shared / "a.jsonl").lock():
         with RunDir(tmp_path / "B", ledger=shared / "b.jsonl").lock():
             pass
-        with pytest.raises(RunLockedError, match="a.jsonl is in use"):
-            with RunDir(tmp_path / "C", ledger=shared / "a.jsonl").lock():
-                pass
+        with pytest.raises(RunLockedError, match=r"a\.jsonl is in use"):
+            RunDir(tmp_path / "C", ledger=shared / "a.jsonl").lock()
     assert sorted(p.name for p in shared.iterdir()) == [
         ".a.jsonl.lock",
         ".b.jsonl.lock",
