@@ -26,7 +26,8 @@ set -euo pipefail
 
 : "${TENSORSLAB_API_KEY:?export TENSORSLAB_API_KEY before sbatch (it is inherited)}"
 : "${SLURM_ARRAY_TASK_ID:?submit this script with sbatch (it is a job array)}"
-shard=$((SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN))
+# (task id - first id) / step: directories run 0..N-1 for any --array=A-B:S
+shard=$(((SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / ${SLURM_ARRAY_TASK_STEP:-1}))
 
 exec batch-runner run prompts.csv \
     --out "runs/prompts-shard-${shard}" \
