@@ -7,7 +7,6 @@ import hashlib
 import json
 import re
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -442,15 +441,12 @@ def test_a_big_ledger_gives_a_bounded_page(tmp_path: Path) -> None:
                 spec, JobStatus.SUCCEEDED, taskid="t", files=[f"images/job-{i}.png"]
             )
             fh.write(encode_record(record))
-    started = time.monotonic()
     page = write_gallery(run)
-    elapsed = time.monotonic() - started
     doc = parse(page)
     assert len(list(doc.all("figure"))) == gallery.DEFAULT_MAX_IMAGES
     assert totals(doc)["images"] == "50,000"
     assert "Showing the first 5,000 of 50,000 images" in doc.one(id="capped").content()
     assert page.stat().st_size < 5_000_000
-    assert elapsed < 30, elapsed
 
 
 # -- the real page in headless Chromium ---------------------------------------
