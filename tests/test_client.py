@@ -16,6 +16,7 @@ from batch_runner.errors import (
     TransientApiError,
 )
 from batch_runner.models import JobSpec
+from batch_runner.simulator.app import SimulatorConfig, make_app
 from batch_runner.wire.client import ZImageClient
 
 from .conftest import KEY, SimFactory
@@ -220,3 +221,38 @@ async def test_raw_key_server_and_relative_urls(
         got = await client.download(res.urls[0], tmp_path, "x")
     assert seen == [f"Bearer {KEY}", KEY, KEY, None]
     assert got.path.name == "x.png"  # octet-stream: extension from magic bytes
+
+
+@pytest.mark.parametrize("prefix", ["/zimage", "/zimage/", "/gw/v2"])
+async def test_base_url_path_prefix_is_kept(
+    session: aiohttp.ClientSession, tmp_path: Path, prefix: str
+) -> None:
+    """A gateway base URL with a path (`https://gateway.example/zimage`) keeps its
+    path: submit, poll and download all go through the prefix."""
+    mount = "/" + prefix.strip("/")
+    gateway = web.Application()
+    gateway.add_subapp(mount, make_app(SimulatorConfig(key=KEY, generation_time=0)))
+    runner = web.AppRunner(gateway)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}{prefix}"
+        client = ZImageClient(session, url, KEY)
+        sub = await client.submit(JOB)
+        res = await client.poll(sub.taskid)
+        assert res.done and res.urls[0].startswith(url.rstrip("/") + "/images/")
+        got = await client.download(res.urls[0], tmp_path, "j")
+        assert got.path.read_bytes().startswith(b"\x89PNG")
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://api.example", "127.0.0.1:1", "http://", "https://u:p@h.example"]
+)
+async def test_client_refuses_a_base_url_it_cannot_use(
+    session: aiohttp.ClientSession, url: str
+) -> None:
+    """A library caller with a bad base URL gets a ValueError, not failed jobs."""
+    with pytest.raises(ValueError, match="base URL"):
+        ZImageClient(session, url, KEY)

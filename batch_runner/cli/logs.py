@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from batch_runner.redact import Redactor
+
 #: attributes every LogRecord has; anything else was passed with `extra=`
 _STANDARD = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
@@ -35,21 +37,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-class RedactingFilter(logging.Filter):
-    """Scrubs secrets from every message, as a last line of defence."""
+class RedactingFormatter(logging.Formatter):
+    """Redacts secrets, as whole tokens, from everything another formatter writes.
 
-    def __init__(self, secrets: list[str]) -> None:
+    Working on the finished line covers every path into the log: the message
+    and its arguments, `extra` fields, tracebacks and stack traces.
+    """
+
+    def __init__(self, inner: logging.Formatter, redact: Redactor) -> None:
         super().__init__()
-        self._secrets = [s for s in secrets if s]
+        self._inner = inner
+        self._redact = redact
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
-            text = record.getMessage()
-            if any(s in text for s in self._secrets):
-                for secret in self._secrets:
-                    text = text.replace(secret, "***")
-                record.msg, record.args = text, None
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        return self._redact(self._inner.format(record))
 
 
 def setup_logging(
@@ -77,13 +78,14 @@ def setup_logging(
         )
         handlers.append(file_handler)
     handlers[0].setFormatter(formatter)
-    redact = RedactingFilter(secrets or [])
+    redact = Redactor(secrets or [])
+    for handler in handlers:
+        if redact and handler.formatter is not None:
+            handler.setFormatter(RedactingFormatter(handler.formatter, redact))
     logger = logging.getLogger("batch_runner")
     for old in logger.handlers:
         old.close()
     logger.handlers[:] = handlers
-    for handler in handlers:
-        handler.addFilter(redact)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
     return logger

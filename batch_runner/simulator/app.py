@@ -453,9 +453,15 @@ def _parse_submit(form: dict[str, str]) -> _SubmitRequest | str:
 def _image_urls(
     request: web.Request, state: SimulatorState, task: SimTask
 ) -> list[str]:
+    # through the route, so that a simulator mounted under a prefix (behind a
+    # gateway path such as /zimage) hands out URLs under that prefix too
     origin = request.url.origin()
+    image = request.app.router["image"]
     count = state.config.images_per_task
-    return [f"{origin}/images/{task.taskid}_{k}.png" for k in range(count)]
+    return [
+        str(origin.join(image.url_for(name=f"{task.taskid}_{k}.png")))
+        for k in range(count)
+    ]
 
 
 def _task_data(
@@ -614,7 +620,7 @@ def make_app(config: SimulatorConfig) -> web.Application:
     app.on_shutdown.append(on_shutdown)
     app.router.add_post("/v1/images/zimage", _submit)
     app.router.add_post("/v1/images/infobytaskid", _poll)
-    app.router.add_get("/images/{name}", _image)
+    app.router.add_get("/images/{name}", _image, name="image")
     app.router.add_get("/_sim/stats", _control_stats)
     app.router.add_post("/_sim/credits", _control_credits)
     app.router.add_post("/_sim/reset-stats", _control_reset)

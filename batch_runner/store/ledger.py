@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 from batch_runner.errors import LedgerError
 from batch_runner.models import JobSpec, JobStatus
+from batch_runner.redact import Redactor
 
 _KNOWN_STATUSES = frozenset(s.value for s in JobStatus)
 #: the start of a whole "succeeded" or "submitted" line from our own writer;
@@ -34,6 +35,8 @@ _FAST_HEAD = re.compile(
 RECORD_HEAD = re.compile(
     rb'^\{"job_id":"([A-Za-z0-9._-]+)","status":"(succeeded|submitted|failed)"'
 )
+#: fields of free text from outside (the API, exceptions): the only ones redacted
+FREE_TEXT_FIELDS = frozenset(("msg",))
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 log = logging.getLogger("batch_runner.store.ledger")
@@ -89,6 +92,19 @@ def make_record(
     if run is not None:
         record["run"] = run
     return record
+
+
+def redact_outcome(record: Mapping[str, Any], redact: Redactor) -> dict[str, Any]:
+    """The record with secrets redacted from its free text (`msg`: what the API
+    or an exception said, which may echo the request). Everything else is kept
+    exactly: the job is the user's data, and ids, file names, URLs and taskids
+    are needed verbatim to resume."""
+    return {
+        key: redact(value)
+        if key in FREE_TEXT_FIELDS and isinstance(value, str)
+        else value
+        for key, value in record.items()
+    }
 
 
 def encode_record(record: Mapping[str, Any]) -> bytes:
@@ -222,6 +238,9 @@ class LedgerWriter:
     itself, so it sees exactly what the ledger holds and cannot change what a
     later record says. An exception it raises is logged and otherwise ignored:
     a caller's metrics must never stop the ledger.
+
+    `secrets` are redacted, as whole tokens, from the free-text message of each
+    record; the job's own fields (prompt, meta, ...) are written as given.
     """
 
     def __init__(
@@ -235,7 +254,7 @@ class LedgerWriter:
         self.path = path
         self._fsync = fsync
         self._on_record = on_record
-        self._secrets = [s.encode() for s in secrets if s]
+        self._redact = Redactor(secrets)
         self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[None]] | None] = (
             asyncio.Queue()
         )
@@ -273,10 +292,9 @@ class LedgerWriter:
         a record handed over is written even if the caller stops waiting."""
         if self._task is None or self._task.done():
             raise LedgerError("ledger writer is not running")
+        if self._redact:
+            record = redact_outcome(record, self._redact)
         line = encode_record(record)
-        for secret in self._secrets:
-            if secret in line:
-                line = line.replace(secret, b"***")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((line, fut))
         await asyncio.shield(fut)

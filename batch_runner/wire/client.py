@@ -8,14 +8,16 @@ which may live on another host.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import itertools
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiofiles
 import aiohttp
@@ -28,6 +30,7 @@ from batch_runner.errors import (
     TransientApiError,
 )
 from batch_runner.models import JobSpec
+from batch_runner.redact import Redactor
 from batch_runner.store.images import extension_for, image_size, sniff_extension
 from batch_runner.wire.protocol import (
     POLL_PATH,
@@ -41,8 +44,10 @@ from batch_runner.wire.protocol import (
     parse_submit,
     submit_fields,
 )
+from batch_runner.wire.urls import api_url, check_base_url
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 #: API envelopes are tiny; anything bigger is not an envelope
 MAX_ENVELOPE_BYTES = 1 << 20
@@ -53,6 +58,8 @@ _CHUNK = 64 * 1024
 _HEAD_BYTES = 64 * 1024
 #: bodies up to this size are written in one go, without a thread
 _SMALL_IMAGE = 256 * 1024
+#: result fields that carry the server's own words, which may echo the request
+_FREE_TEXT = ("msg", "error_message")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,37 @@ class DownloadedFile:
     sha256: str = ""
     width: int | None = None
     height: int | None = None
+
+
+def _redacted(
+    method: Callable[Concatenate[ZImageClient, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[ZImageClient, P], Coroutine[Any, Any, T]]:
+    """Redact the key from what a call hands back: a server may echo the request
+    (its headers included) in an error message or in a result's text."""
+
+    async def call(self: ZImageClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            result = await method(self, *args, **kwargs)
+        except ApiError as exc:
+            clean = self._redact(exc.message)
+            if clean != exc.message:
+                exc.message = clean
+                exc.args = (clean, *exc.args[1:])
+            raise
+        if dataclasses.is_dataclass(result) and not isinstance(result, type):
+            # only free text: taskids and URLs are needed verbatim
+            changed = {
+                name: clean
+                for name in _FREE_TEXT
+                if isinstance(text := getattr(result, name, None), str)
+                and (clean := self._redact(text)) != text
+            }
+            if changed:
+                result = dataclasses.replace(result, **changed)
+        return result
+
+    functools.update_wrapper(call, method)
+    return call
 
 
 class ZImageClient:
@@ -79,19 +117,21 @@ class ZImageClient:
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ) -> None:
         self._session = session
-        self._base = URL(base_url.rstrip("/"))
+        self._base = check_base_url(base_url)
         self._key = api_key
+        self._redact = Redactor([api_key])
         self._auth = {"Authorization": f"Bearer {api_key}"}
         #: until one request succeeds we may still learn the server wants the raw
         #: key, as the docs' curl sample sends it
         self._auth_settled = False
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._max_image_bytes = max_image_bytes
-        self._submit_url = self._base.with_path(SUBMIT_PATH)
-        self._poll_url = self._base.with_path(POLL_PATH)
+        self._submit_url = api_url(self._base, SUBMIT_PATH)
+        self._poll_url = api_url(self._base, POLL_PATH)
         self._boundary = "zimage-" + secrets.token_hex(12)
         self._tmp_counter = itertools.count()
 
+    @_redacted
     async def submit(self, job: JobSpec) -> SubmitResult:
         """POST the job as multipart; returns the taskid (and URLs if synchronous)."""
         # Always multipart, as documented, even though every field is text.
@@ -107,6 +147,7 @@ class ZImageClient:
         )
         return parse_submit(envelope)
 
+    @_redacted
     async def poll(self, taskid: str) -> PollResult:
         """Ask for the task's status and, when done, its image URLs."""
         envelope = await self._api_call(
@@ -150,6 +191,7 @@ class ZImageClient:
         self._auth_settled = True
         return envelope
 
+    @_redacted
     async def download(self, url: str, images_dir: Path, stem: str) -> DownloadedFile:
         """Stream one image to a temp file, check it is an image, rename into place.
 
