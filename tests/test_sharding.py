@@ -74,3 +74,62 @@ def test_explicit_shard_wins_and_none_without_scheduler() -> None:
         choose_shard("1/2", 3, {})
     with pytest.raises(ValueError):
         choose_shard(None, 3, {})
+
+
+@given(
+    low=st.integers(0, 1000),
+    step=st.integers(1, 50),
+    count=st.integers(1, 40),
+    step_known=st.booleans(),
+    shards=st.sampled_from([None, "same"]),
+)
+def test_slurm_array_with_a_step_maps_each_task_to_its_own_shard(
+    low: int, step: int, count: int, step_known: bool, shards: str | None
+) -> None:
+    """`--array=LOW-HIGH:STEP`: the tasks LOW, LOW+STEP, ... map one to one onto
+    shards 0..COUNT-1, whether Slurm exports the step or only MIN/MAX/COUNT."""
+    high = low + step * (count - 1)
+    seen = []
+    for k in range(count):
+        env = {
+            "SLURM_ARRAY_TASK_ID": str(low + k * step),
+            "SLURM_ARRAY_TASK_MIN": str(low),
+            "SLURM_ARRAY_TASK_MAX": str(high),
+            "SLURM_ARRAY_TASK_COUNT": str(count),
+        }
+        if step_known:
+            env["SLURM_ARRAY_TASK_STEP"] = str(step)
+        shard = shard_from_env(env, count if shards else None)
+        assert shard is not None and shard.count == count
+        seen.append(shard.index)
+    assert seen == list(range(count))
+
+
+def test_irregular_or_off_grid_slurm_arrays_are_refused() -> None:
+    """A task id off the array's grid, or a list like 1,3,7 that no step
+    describes, is an error naming the variables, never a wrong shard."""
+    off_grid = {
+        "SLURM_ARRAY_TASK_ID": "5",
+        "SLURM_ARRAY_TASK_MIN": "0",
+        "SLURM_ARRAY_TASK_MAX": "12",
+        "SLURM_ARRAY_TASK_STEP": "4",
+        "SLURM_ARRAY_TASK_COUNT": "4",
+    }
+    with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_STEP"):
+        shard_from_env(off_grid, None)
+    irregular = {
+        "SLURM_ARRAY_TASK_ID": "3",
+        "SLURM_ARRAY_TASK_MIN": "1",
+        "SLURM_ARRAY_TASK_MAX": "7",
+        "SLURM_ARRAY_TASK_COUNT": "3",
+    }
+    with pytest.raises(ValueError, match="--shard"):
+        shard_from_env(irregular, None)
+    with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_STEP"):
+        shard_from_env({**off_grid, "SLURM_ARRAY_TASK_STEP": "0"}, None)
+
+
+def test_parse_shard_names_the_problem() -> None:
+    """A negative index is reported as out of range, not as a format error."""
+    with pytest.raises(ValueError, match="out of range"):
+        parse_shard("-1/2")

@@ -12,11 +12,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from batch_runner import __version__
+from batch_runner.cli import options as t
 from batch_runner.cli.logs import setup_logging
 from batch_runner.cli.run_command import run_command
 from batch_runner.engine.progress import TqdmLoggingHandler
@@ -28,68 +31,46 @@ from batch_runner.outputs.report import format_status, run_status, write_failed_
 from batch_runner.simulator import app as simulator
 from batch_runner.store.rundir import RunDir
 from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES
+from batch_runner.wire.urls import check_base_url
 
 log = logging.getLogger("batch_runner")
-
-
-# -- argument types -------------------------------------------------------------
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _concurrency(text: str) -> int | None:
-    """A positive int, or None for 'auto'."""
-    if text.strip().lower() == "auto":
-        return None
-    return _positive_int(text)
-
-
-def _poll_interval(text: str) -> float:
-    value = float(text)
-    if not value >= 0.01:
-        raise argparse.ArgumentTypeError(f"must be >= 0.01 seconds, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
 # -- the parser -------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is a UsageError (one log line, exit 2) instead
+    of a usage dump and SystemExit, and `--shard -1/2` reaches its type check."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Python 3.13's rule: "-1/2" or "-.5" is a value, not an unknown option
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _add_location(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="run directory (default runs/<stem>)")
     p.add_argument("--ledger", type=Path, help="ledger (default DIR/ledger.jsonl)")
+
+
+def _add_sharding(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--shard",
+        type=t.shard_spec,
+        metavar="I/N",
+        help=f"{what} only shard I of N (0-based) of the manifest",
+    )
+    p.add_argument(
+        "--shards",
+        type=t.positive_int,
+        metavar="N",
+        help="number of shards when the shard index comes from "
+        "JOB_COMPLETION_INDEX (Kubernetes) or SLURM_ARRAY_TASK_ID (Slurm)",
+    )
 
 
 def _add_logging(p: argparse.ArgumentParser) -> None:
@@ -103,7 +84,7 @@ def _add_logging(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-file", type=Path, help="also append the log to this file")
 
 
-def _add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_run_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     run = sub.add_parser(
         "run",
         help="run (or resume) a manifest of prompts",
@@ -114,6 +95,7 @@ def _add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     where = run.add_mutually_exclusive_group()
     where.add_argument(
         "--base-url",
+        type=t.base_url,
         help=f"API base URL (default ${BASE_URL_ENV} or {DEFAULT_BASE_URL})",
     )
     where.add_argument(
@@ -124,50 +106,50 @@ def _add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add = run.add_argument
     add(
         "--concurrency",
-        type=_concurrency,
+        type=t.concurrency,
         default=8,
         help="max jobs in flight, or 'auto' to find the API's limit by AIMD "
         "(default 8)",
     )
     add(
         "--max-concurrency",
-        type=_positive_int,
+        type=t.positive_int,
         default=256,
         help="with --concurrency auto: the ceiling (default 256)",
     )
     add(
         "--rate",
-        type=_positive_float,
+        type=t.positive_float,
         help="max submits per second, evenly spaced (default: no limit)",
     )
     add(
         "--retries",
-        type=_non_negative_int,
+        type=t.non_negative_int,
         default=5,
         help="retries per request after the first try (default 5)",
     )
     add(
         "--poll-interval",
-        type=_poll_interval,
+        type=t.poll_interval,
         default=1.0,
         help="seconds between polls for a task's first minute (default 1.0)",
     )
     add(
         "--job-timeout",
-        type=_positive_float,
+        type=t.positive_float,
         default=900.0,
         help="give up on a task still queued/processing after this many seconds "
         "(default 900)",
     )
     add(
         "--request-timeout",
-        type=_positive_float,
+        type=t.positive_float,
         default=60.0,
         help="timeout of one HTTP request in seconds (default 60)",
     )
     add(
         "--grace",
-        type=_non_negative_float,
+        type=t.non_negative_float,
         default=10.0,
         help="on SIGINT/SIGTERM, seconds to let in-flight jobs finish (default 10)",
     )
@@ -184,7 +166,7 @@ def _add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add(
         "--max-image-bytes",
-        type=_positive_int,
+        type=t.positive_int,
         default=DEFAULT_MAX_IMAGE_BYTES,
         help="refuse images larger than this (default 50 MiB)",
     )
@@ -195,24 +177,15 @@ def _add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add(
         "--max-jobs",
-        type=_non_negative_int,
+        type=t.non_negative_int,
         help="submit at most N new jobs in this run; the rest stays pending (exit 0)",
     )
     add(
         "--max-failures",
-        type=_positive_int,
+        type=t.positive_int,
         help="stop submitting after N permanent failures in a row (exit 1)",
     )
-    add(
-        "--shard", metavar="I/N", help="run only shard I of N (0-based) of the manifest"
-    )
-    add(
-        "--shards",
-        type=_positive_int,
-        metavar="N",
-        help="number of shards when the shard index comes from "
-        "JOB_COMPLETION_INDEX (Kubernetes) or SLURM_ARRAY_TASK_ID (Slurm)",
-    )
+    _add_sharding(run, "run")
     add(
         "--dry-run",
         action="store_true",
@@ -220,7 +193,7 @@ def _add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add(
         "--credits-per-image",
-        type=_non_negative_float,
+        type=t.non_negative_float,
         help="with --dry-run: price of one image, to print the credits it would cost",
     )
     add(
@@ -238,20 +211,20 @@ def _add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_logging(run)
     add(
         "--mock-fault-rate",
-        type=_fraction,
+        type=t.fraction,
         default=0.0,
         help="with --mock: fraction of requests the simulator faults",
     )
     add(
         "--mock-generation-time",
-        type=_non_negative_float,
+        type=t.non_negative_float,
         default=0.5,
         help="with --mock: seconds the simulator takes per image (default 0.5)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="batch-runner",
         description="Resumable batch text-to-image generation through the "
         "TensorsLab Z-Image API.",
@@ -273,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run's manifest, to count pending jobs",
     )
     _add_location(status)
-    status.add_argument("--shard", metavar="I/N", help="the manifest's shard I of N")
+    _add_sharding(status, "count")
     status.add_argument("--json", action="store_true", help="print one JSON object")
 
     failed = sub.add_parser(
@@ -289,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run's manifest (only names the default --out)",
     )
     _add_location(failed)
+    _add_sharding(failed, "list")
 
     gallery = sub.add_parser(
         "gallery",
@@ -296,7 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a self-contained static HTML contact sheet of a run "
         "directory that opens from disk.",
     )
-    gallery.add_argument("run_dir", type=Path, metavar="DIR")
+    gallery.add_argument(
+        "run_dir",
+        type=Path,
+        nargs="?",
+        metavar="DIR",
+        help="the run directory (default: the directory of --ledger)",
+    )
+    gallery.add_argument(
+        "--ledger", type=Path, help="ledger (default DIR/ledger.jsonl)"
+    )
 
     export = sub.add_parser(
         "export",
@@ -305,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("run_dir", type=Path, metavar="DIR")
     export.add_argument("out", type=Path, metavar="OUT")
+    export.add_argument("--ledger", type=Path, help="ledger (default DIR/ledger.jsonl)")
     export.add_argument(
         "--format",
         choices=("webdataset",),
@@ -313,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--shard-size",
-        type=_positive_int,
+        type=t.positive_int,
         default=1000,
         help="samples per tar shard (default 1000)",
     )
@@ -343,23 +327,75 @@ def _run_dir(manifest: Path | None, out: Path | None, shard: Shard | None) -> Pa
     if out is not None:
         return out
     if manifest is None:
-        raise BatchRunnerError("give the run directory with --out DIR")
+        raise UsageError(
+            "give the run directory with --out DIR (or the ledger with "
+            "--ledger PATH, or the run's manifest)"
+        )
     # each shard gets its own directory, so shards never contend for one lock
     suffix = f"-{shard.label}" if shard is not None else ""
     return Path("runs") / f"{manifest.stem}{suffix}"
 
 
+def _shard(ns: argparse.Namespace) -> Shard | None:
+    """--shard, or the scheduler's environment, as `run` chooses it."""
+    try:
+        return choose_shard(ns.shard, ns.shards, os.environ)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_dir(path: Path | None, option: str) -> None:
+    if path is not None and path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: is a file, not a directory")
+
+
+def _check_file(path: Path | None, option: str) -> None:
+    if path is not None and path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory, not a file")
+
+
+def _existing_ledger(path: Path, where: str = "--out DIR") -> Path:
+    if not path.is_file():
+        raise UsageError(
+            f"no ledger at {path}: nothing has run there yet "
+            f"(give the run directory with {where} or the ledger with --ledger PATH)"
+        )
+    return path
+
+
+def _location(ns: argparse.Namespace, shard: Shard | None) -> tuple[Path, Path]:
+    """(run directory, ledger) of an existing run, from the same options as `run`;
+    with only --ledger, the run directory is the ledger's."""
+    _check_dir(ns.out, "--out")
+    _check_file(ns.ledger, "--ledger")
+    if ns.out is None and ns.manifest is None and ns.ledger is not None:
+        run_dir = ns.ledger.parent
+    else:
+        run_dir = _run_dir(ns.manifest, ns.out, shard)
+    return run_dir, _existing_ledger(RunDir(run_dir, ledger=ns.ledger).ledger)
+
+
+def _base_url(flag: str | None) -> str:
+    """--base-url (checked by its type), else $TENSORSLAB_BASE_URL, else the API."""
+    if flag:
+        return flag
+    from_env = os.environ.get(BASE_URL_ENV, "").strip()
+    if not from_env:
+        return DEFAULT_BASE_URL
+    try:
+        check_base_url(from_env)
+    except ValueError as exc:
+        raise UsageError(f"{BASE_URL_ENV}: {exc}") from None
+    return from_env
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
     use_tqdm = sys.stderr.isatty() if ns.progress is None else ns.progress
-    try:
-        shard = choose_shard(ns.shard, ns.shards, os.environ)
-    except ValueError as exc:
-        log.error("%s", exc)
-        return ExitCode.USAGE
+    shard = _shard(ns)
     api_key = os.environ.get(KEY_ENV, "").strip()
     base_url = None
     if not ns.mock:
-        base_url = ns.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        base_url = _base_url(ns.base_url)
         if not api_key and not ns.dry_run:
             log.error(
                 "no API key: set %s (or use --mock to run on the simulator)", KEY_ENV
@@ -367,9 +403,12 @@ def cmd_run(ns: argparse.Namespace) -> int:
             return ExitCode.USAGE
     if shard is not None:
         log.info("running %s (from %s)", shard.label, shard.source)
+    out_dir = _run_dir(ns.manifest, ns.out, shard)
+    _check_dir(out_dir, "--out")
+    _check_file(ns.ledger, "--ledger")
     return run_command(
         ns,
-        out_dir=_run_dir(ns.manifest, ns.out, shard),
+        out_dir=out_dir,
         shard=shard,
         api_key=api_key,
         base_url=base_url,
@@ -378,11 +417,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
-    shard = choose_shard(ns.shard, None, {}) if ns.shard else None
-    run_dir = _run_dir(ns.manifest, ns.out, shard)
-    ledger = RunDir(run_dir, ledger=ns.ledger).ledger
-    if not ledger.exists():
-        raise BatchRunnerError(f"no ledger at {ledger}: nothing has run there yet")
+    shard = _shard(ns)
+    run_dir, ledger = _location(ns, shard)
     status = run_status(
         ledger, run_dir, ns.manifest, keep=shard.keeps if shard is not None else None
     )
@@ -394,10 +430,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
 
 
 def cmd_failed(ns: argparse.Namespace) -> int:
-    run_dir = _run_dir(ns.manifest, ns.out, None)
-    ledger = RunDir(run_dir, ledger=ns.ledger).ledger
-    if not ledger.exists():
-        raise BatchRunnerError(f"no ledger at {ledger}")
+    _, ledger = _location(ns, _shard(ns))
     count = write_failed_csv(ledger, sys.stdout, sys.stderr)
     log.info("%d failed job(s)", count)
     return ExitCode.OK
@@ -406,7 +439,13 @@ def cmd_failed(ns: argparse.Namespace) -> int:
 def cmd_gallery(ns: argparse.Namespace) -> int:
     from batch_runner.outputs.gallery import write_gallery
 
-    path = write_gallery(ns.run_dir)
+    _check_file(ns.ledger, "--ledger")
+    if ns.run_dir is None and ns.ledger is None:
+        raise UsageError("give the run directory DIR (or the ledger with --ledger)")
+    run_dir = ns.run_dir if ns.run_dir is not None else ns.ledger.parent
+    _check_dir(run_dir, "DIR")
+    ledger = _existing_ledger(RunDir(run_dir, ledger=ns.ledger).ledger, "DIR")
+    path = write_gallery(run_dir, ledger)
     print(path)
     return ExitCode.OK
 
@@ -414,7 +453,11 @@ def cmd_gallery(ns: argparse.Namespace) -> int:
 def cmd_export(ns: argparse.Namespace) -> int:
     from batch_runner.outputs.dataset import export_webdataset
 
-    shards = export_webdataset(ns.run_dir, ns.out, ns.shard_size)
+    _check_dir(ns.run_dir, "DIR")
+    _check_file(ns.ledger, "--ledger")
+    ledger = _existing_ledger(RunDir(ns.run_dir, ledger=ns.ledger).ledger, "DIR")
+    _check_dir(ns.out, "OUT")
+    shards = export_webdataset(ns.run_dir, ns.out, ns.shard_size, ledger)
     for shard in shards:
         print(shard)
     log.info("%d shard(s) written to %s", len(shards), ns.out)
@@ -441,9 +484,18 @@ def cmd_merge(ns: argparse.Namespace) -> int:
 
 
 def cmd_simulator(ns: argparse.Namespace) -> int:
-    config = simulator.config_from_args(ns)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(simulator.serve_forever(config, ns.host, ns.port))
+    try:
+        config = simulator.config_from_args(ns)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(simulator.serve_forever(config, ns.host, ns.port))
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UsageError(
+            f"--port {ns.port}: cannot listen on {ns.host}:{ns.port}: {reason}"
+        ) from None
     return ExitCode.OK
 
 
@@ -458,22 +510,45 @@ COMMANDS = {
 }
 
 
+def _log_format(argv: Sequence[str]) -> str:
+    """The --log-format asked for, read leniently: argv may not parse at all."""
+    for i, arg in enumerate(argv):
+        if arg == "--log-format=json" or (
+            arg == "--log-format" and argv[i + 1 : i + 2] == ["json"]
+        ):
+            return "json"
+    return "text"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    args = list(sys.argv[1:] if argv is None else argv)
+    secret = [os.environ.get(KEY_ENV, "")]
     try:
-        ns = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        ns = build_parser().parse_args(args)
+    except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
+    except UsageError as exc:
+        setup_logging(fmt=_log_format(args), secrets=secret)
+        log.error("%s", exc)
+        return ExitCode.USAGE
     use_tqdm = ns.command == "run" and (
         sys.stderr.isatty() if ns.progress is None else ns.progress
     )
-    setup_logging(
-        verbose=getattr(ns, "verbose", False),
-        fmt=getattr(ns, "log_format", "text"),
-        log_file=getattr(ns, "log_file", None),
-        console=TqdmLoggingHandler() if use_tqdm else None,
-        secrets=[os.environ.get(KEY_ENV, "")],
-    )
+    fmt = getattr(ns, "log_format", "text")
+    log_file = getattr(ns, "log_file", None)
+    console = TqdmLoggingHandler() if use_tqdm else None
+    try:
+        setup_logging(
+            verbose=getattr(ns, "verbose", False),
+            fmt=fmt,
+            log_file=log_file,
+            console=console,
+            secrets=secret,
+        )
+    except OSError as exc:
+        setup_logging(fmt=fmt, console=console, secrets=secret)
+        log.error("--log-file %s: cannot append to it: %s", log_file, _reason(exc))
+        return ExitCode.USAGE
     try:
         return int(COMMANDS[ns.command](ns))
     except KeyboardInterrupt:
@@ -487,3 +562,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BatchRunnerError, ValueError) as exc:
         log.error("%s", exc)
         return ExitCode.FAILED
+    except OSError as exc:
+        # the disk filled up, a file vanished, permission was refused
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("%s%s", where, _reason(exc))
+        return ExitCode.FAILED
+    except Exception as exc:
+        # a bug: still one line (one JSON object), and the traceback with -v
+        log.error(
+            "internal error: %s: %s (rerun with -v for the traceback)",
+            type(exc).__name__,
+            exc,
+            exc_info=getattr(ns, "verbose", False),
+        )
+        return ExitCode.FAILED
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)

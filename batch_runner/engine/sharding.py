@@ -11,7 +11,8 @@ from batch_runner.errors import UsageError
 from batch_runner.manifest.identity import shard_of
 from batch_runner.models import JobSpec
 
-_SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+#: signs are accepted here so that "-1/2" is reported as out of range
+_SPEC = re.compile(r"^\s*([+-]?\d+)\s*/\s*([+-]?\d+)\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,14 +59,49 @@ def _env_int(env: Mapping[str, str], name: str) -> int | None:
     return int(value)
 
 
+def _slurm_index(env: Mapping[str, str], task: int) -> int:
+    """The 0-based position of array task `task` among the array's tasks.
+
+    `--array=LOW-HIGH:STEP` runs tasks LOW, LOW+STEP, ...; Slurm exports
+    SLURM_ARRAY_TASK_MIN, _MAX, _STEP and _COUNT. An array given as a list
+    (`--array=1,3,5,7`) may not export a step that describes it, so when MIN,
+    MAX and COUNT disagree with the step, the step is taken from them instead.
+    """
+    low = _env_int(env, "SLURM_ARRAY_TASK_MIN") or 0
+    high = _env_int(env, "SLURM_ARRAY_TASK_MAX")
+    count = _env_int(env, "SLURM_ARRAY_TASK_COUNT")
+    step = _env_int(env, "SLURM_ARRAY_TASK_STEP")
+    if step == 0:
+        raise ValueError("SLURM_ARRAY_TASK_STEP=0: the array's step must be >= 1")
+    step = step or 1
+    if (
+        high is not None
+        and count is not None
+        and count > 1
+        and low + step * (count - 1) != high
+    ):
+        span, rest = divmod(high - low, count - 1)
+        step = span if not rest and span > 0 else 0
+    offset = task - low
+    if step < 1 or offset < 0 or offset % step:
+        raise ValueError(
+            f"SLURM_ARRAY_TASK_ID={task} is not on an evenly spaced array "
+            f"(SLURM_ARRAY_TASK_MIN={low}, SLURM_ARRAY_TASK_MAX={high}, "
+            f"SLURM_ARRAY_TASK_STEP={env.get('SLURM_ARRAY_TASK_STEP')}, "
+            f"SLURM_ARRAY_TASK_COUNT={count}): give the shard with --shard I/N"
+        )
+    return offset // step
+
+
 def shard_from_env(env: Mapping[str, str], shards: int | None) -> Shard | None:
     """The shard a scheduler assigned, or None when not running under one.
 
     Kubernetes Indexed Jobs set JOB_COMPLETION_INDEX (0-based) and leave the
     count to us (`--shards N`, the Job's `completions`). Slurm arrays set
     SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT; ids start at
-    SLURM_ARRAY_TASK_MIN (often 1 in `--array=1-8`), so the index is their
-    difference.
+    SLURM_ARRAY_TASK_MIN (often 1 in `--array=1-8`) and go up by
+    SLURM_ARRAY_TASK_STEP (`--array=0-15:4`), so the index is the task's
+    position in that sequence.
     """
     k8s = _env_int(env, "JOB_COMPLETION_INDEX")
     if k8s is not None:
@@ -83,8 +119,7 @@ def shard_from_env(env: Mapping[str, str], shards: int | None) -> Shard | None:
                 "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT "
                 "is not: give --shards N"
             )
-        low = _env_int(env, "SLURM_ARRAY_TASK_MIN") or 0
-        return Shard(task - low, count, source="SLURM_ARRAY_TASK_ID")
+        return Shard(_slurm_index(env, task), count, source="SLURM_ARRAY_TASK_ID")
     if shards is not None:
         raise ValueError(
             "--shards N needs --shard I/N, JOB_COMPLETION_INDEX or "

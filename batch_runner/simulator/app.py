@@ -686,14 +686,6 @@ async def serve_forever(config: SimulatorConfig, host: str, port: int) -> None:
 # ------------------------------------------------------------------------- CLI
 
 
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("", "none", "unlimited") else int(text)
-
-
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("", "none", "unlimited") else float(text)
-
-
 def _kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     bad = [k for k in kinds if k not in FAULT_KINDS]
@@ -706,12 +698,16 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # the command line's own checked types: finite numbers, in range, errors
+    # in plain words naming the option
+    from batch_runner.cli import options as t
+
     d = SimulatorConfig()
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="interface to bind (default %(default)s)")
     add(
         "--port",
-        type=int,
+        type=t.port,
         default=8765,
         help="port; 0 picks a free one (default %(default)s)",
     )
@@ -722,47 +718,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--generation-time",
-        type=float,
+        type=t.non_negative_float,
         default=d.generation_time,
         help="seconds per task",
     )
     add(
         "--latency",
-        type=float,
+        type=t.non_negative_float,
         default=d.latency,
         help="extra seconds per API response",
     )
-    add("--fault-rate", type=float, default=d.fault_rate, help="fault probability 0..1")
+    add(
+        "--fault-rate",
+        type=t.fraction,
+        default=d.fault_rate,
+        help="fault probability 0..1",
+    )
     add(
         "--fault-kinds",
         type=_kinds,
         default=d.fault_kinds,
         help=f"comma list from {','.join(FAULT_KINDS)}",
     )
-    add("--retry-after", type=float, default=d.retry_after, help="Retry-After of 429s")
+    add(
+        "--retry-after",
+        type=t.non_negative_float,
+        default=d.retry_after,
+        help="Retry-After of 429s",
+    )
     add(
         "--hang-time",
-        type=float,
+        type=t.non_negative_float,
         default=d.hang_time,
         help="seconds a 'hang' fault stalls",
     )
-    add("--seed", type=int, default=d.seed, help="seed of the fault RNG")
+    add("--seed", type=t.whole, default=d.seed, help="seed of the fault RNG")
     add(
         "--credits",
-        type=_optional_int,
+        type=t.optional(t.non_negative_int),
         default=None,
         help="credits (default unlimited)",
     )
     add("--fail-marker", default=d.fail_marker, help="prompts containing this fail")
     add(
         "--images-per-task",
-        type=int,
+        type=t.non_negative_int,
         default=d.images_per_task,
         help="image URLs per finished task",
     )
     add(
         "--image-scale",
-        type=float,
+        type=t.positive_float,
         default=d.image_scale,
         help="served size / requested",
     )
@@ -775,14 +781,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--max-active-tasks",
-        type=_optional_int,
+        type=t.optional(t.non_negative_int),
         default=None,
         help="queued+running cap",
     )
-    add("--max-rps", type=_optional_float, default=None, help="submit rate limit")
+    add(
+        "--max-rps",
+        type=t.optional(t.non_negative_float),
+        default=None,
+        help="submit rate limit",
+    )
     add(
         "--task-ttl",
-        type=_optional_float,
+        type=t.optional(t.non_negative_float),
         default=None,
         help="forget finished tasks after",
     )
