@@ -77,8 +77,12 @@ def test_chaos_every_fault_kind_nothing_lost_nothing_duplicated(tmp_path: Path) 
         "9999",
     }
     assert sum(stats["faults_injected"].values()) > 100
-    # faults happen before the simulator acts, so no job was created twice
-    assert stats["tasks_created"] == good + doomed
+    # Faults happen before the simulator acts, so a job gets a second task only
+    # when a real answer was lost: on a loaded machine a submit can outlast the
+    # 0.3 s request timeout after the task was created. Each such attempt must
+    # be on record as uncertain; nothing is duplicated silently.
+    uncertain = sum(r.get("uncertain", 0) for r in ledger_records(out / "ledger.jsonl"))
+    assert good + doomed <= stats["tasks_created"] <= good + doomed + uncertain
     states = final_states(out / "ledger.jsonl")
     assert len(states) == good + doomed
     assert Counter(r["status"] for r in states.values()) == {
@@ -140,34 +144,32 @@ BROKEN: dict[str, tuple[bytes, int | None, str | None]] = {
 }
 
 
-def test_bad_input_corpus_exits_2_and_sends_nothing(tmp_path: Path) -> None:
-    """Each broken manifest exits 2 naming file, line and field; the simulator
-    receives zero requests and no ledger is written."""
+def test_bad_input_corpus_exits_2_and_sends_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each broken manifest exits 2 naming file, line and field in one line; the
+    simulator receives zero requests and no ledger is written."""
+    # in process, one after the other: seventeen interpreters started at once
+    # outlast any timeout on a loaded machine (test_cli covers the subprocess)
     assert len(BROKEN) >= 15
+    monkeypatch.setenv("TENSORSLAB_API_KEY", KEY)
     with standalone_simulator() as sim:
-        procs = {}
-        for name, (content, _, _) in BROKEN.items():
+        for name, (content, line, field) in BROKEN.items():
             path = tmp_path / name
             path.write_bytes(content)
-            procs[name] = start_runner(
-                [
-                    str(path),
-                    "--base-url",
-                    sim.url,
-                    "--out",
-                    str(tmp_path / f"out-{name}"),
-                ]
-            )
-        for name, proc in procs.items():
-            _out, err = proc.communicate(timeout=60)
-            _, line, field = BROKEN[name]
-            where = f"{tmp_path / name}:{line}:" if line else f"{tmp_path / name}"
-            assert proc.returncode == 2, (name, err)
+            out = tmp_path / f"out-{name}"
+            args = ["run", str(path), "--base-url", sim.url, "--out", str(out)]
+            code = main(args)
+            err = capsys.readouterr().err
+            where = f"{path}:{line}:" if line else f"{path}"
+            assert code == 2, (name, err)
             assert where in err, (name, err)
             if field:
                 assert f"field '{field}'" in err, (name, err)
-            assert "Traceback" not in err, (name, err)
-            assert not (tmp_path / f"out-{name}" / "ledger.jsonl").exists()
+            assert len(err.splitlines()) == 1, (name, err)
+            assert not (out / "ledger.jsonl").exists()
         stats = sim.stats()
     assert stats["requests_total"] == 0 and stats["downloads_total"] == 0
 
