@@ -301,3 +301,20 @@ def test_status_and_failed_take_the_shard_from_the_environment(
     assert main(["failed", str(manifest), *shards]) == 0
     csv_lines = capsys.readouterr().out.splitlines()
     assert sorted(line.split(",")[0] for line in csv_lines[1:]) == failed
+
+
+@pytest.mark.parametrize("url", ["ftp://api.example", "127.0.0.1:1"])
+def test_library_refuses_a_bad_base_url_before_sending(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run_batch_sync raises UsageError naming base_url (or the variable) for a
+    base URL that is not http(s), and writes no ledger."""
+    from batch_runner import UsageError, run_batch_sync
+
+    out = tmp_path / "o"
+    with pytest.raises(UsageError, match="base_url"):
+        run_batch_sync(["a prompt"], out=out, api_key=KEY, base_url=url)
+    monkeypatch.setenv("TENSORSLAB_BASE_URL", url)
+    with pytest.raises(UsageError, match="TENSORSLAB_BASE_URL"):
+        run_batch_sync(["a prompt"], out=out, api_key=KEY)
+    assert not (out / "ledger.jsonl").exists()

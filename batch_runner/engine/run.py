@@ -40,6 +40,7 @@ from batch_runner.simulator import app as simulator
 from batch_runner.store.ledger import LedgerWriter, ResumeState, read_ledger
 from batch_runner.store.rundir import RunDir
 from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES, ZImageClient
+from batch_runner.wire.urls import check_base_url
 
 log = logging.getLogger("batch_runner")
 
@@ -648,6 +649,12 @@ def _where_to_send(
             "(or use mock=True to run on the simulator)"
         )
     url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    try:
+        check_base_url(url)
+    except ValueError as exc:
+        # refused before anything is sent, not retried job by job
+        source = "base_url" if base_url else BASE_URL_ENV
+        raise UsageError(f"{source}: {exc}") from None
     return key, url
 
 
