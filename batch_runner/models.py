@@ -13,7 +13,11 @@ class JobStatus(enum.StrEnum):
 
     #: the API returned a taskid; the next run polls it instead of resubmitting
     SUBMITTED = "submitted"
-    #: every image is on disk (or, with --no-download, its URLs are known)
+    #: the task finished and its image URLs are recorded, but the images are not
+    #: on disk yet (--no-download, or the image host was unreachable); a later
+    #: run without --no-download fetches them, never paying for a new task
+    GENERATED = "generated"
+    #: every image is on disk
     SUCCEEDED = "succeeded"
     #: permanently failed; skipped on resume unless --retry-failed
     FAILED = "failed"

@@ -17,6 +17,7 @@ from batch_runner.errors import (
 )
 from batch_runner.models import JobSpec
 from batch_runner.simulator.app import SimulatorConfig, make_app
+from batch_runner.store.images import SavedImage, save_image
 from batch_runner.wire.client import ZImageClient
 
 from .conftest import KEY, SimFactory
@@ -24,6 +25,12 @@ from .conftest import KEY, SimFactory
 JOB = JobSpec(
     job_id="j", prompt="a red fox", resolution="16:9", seed=5, prompt_extend=False
 )
+
+
+async def fetch(client: ZImageClient, url: str, into: Path, stem: str) -> SavedImage:
+    """Download one image through the client and save it the way a job does."""
+    async with client.download(url) as body:
+        return await save_image(body, into, stem)
 
 
 async def test_submit_poll_download(
@@ -36,7 +43,7 @@ async def test_submit_poll_download(
     assert sub.taskid and sub.code == 1000
     res = await client.poll(sub.taskid)
     assert res.done and len(res.urls) == 1
-    got = await client.download(res.urls[0], tmp_path, "j")
+    got = await fetch(client, res.urls[0], tmp_path, "j")
     assert got.path == tmp_path / "j.png"
     assert got.path.read_bytes().startswith(b"\x89PNG")
     assert not list(tmp_path.glob("*.part"))
@@ -134,12 +141,12 @@ async def test_multipart_always_and_key_only_to_api(
         client = ZImageClient(session, str(server.make_url("/")), KEY)
         sub = await client.submit(JobSpec(job_id="x", prompt="p"))
         assert sub.urls and not sub.taskid
-        got = await client.download(sub.urls[0], tmp_path, "x")
+        got = await fetch(client, sub.urls[0], tmp_path, "x")
     assert seen["ctype"] == "multipart/form-data"
     assert seen["auth"] == f"Bearer {KEY}"
     assert seen["form"] == {"prompt": "p", "resolution": "1024*1024"}
     assert seen["img_auth"] is None
-    assert got.path.name == "x.jpg"  # extension from Content-Type
+    assert got.path.name == "x.jpg"
 
 
 async def test_download_guards(session: aiohttp.ClientSession, tmp_path: Path) -> None:
@@ -168,13 +175,13 @@ async def test_download_guards(session: aiohttp.ClientSession, tmp_path: Path) -
             session, str(server.make_url("/")), KEY, max_image_bytes=1000
         )
         with pytest.raises(PermanentApiError, match="not an image"):
-            await client.download(str(server.make_url("/html")), tmp_path, "a")
+            await fetch(client, str(server.make_url("/html")), tmp_path, "a")
         with pytest.raises(PermanentApiError, match="max-image-bytes"):
-            await client.download(str(server.make_url("/huge")), tmp_path, "b")
+            await fetch(client, str(server.make_url("/huge")), tmp_path, "b")
         with pytest.raises(PermanentApiError, match="redirects"):
-            await client.download(str(server.make_url("/loop")), tmp_path, "c")
+            await fetch(client, str(server.make_url("/loop")), tmp_path, "c")
         with pytest.raises(PermanentApiError, match="non-http"):
-            await client.download("file:///etc/passwd", tmp_path, "d")
+            await fetch(client, "file:///etc/passwd", tmp_path, "d")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -218,7 +225,7 @@ async def test_raw_key_server_and_relative_urls(
         sub = await client.submit(JobSpec(job_id="x", prompt="p"))
         res = await client.poll(sub.taskid)
         assert res.done
-        got = await client.download(res.urls[0], tmp_path, "x")
+        got = await fetch(client, res.urls[0], tmp_path, "x")
     assert seen == [f"Bearer {KEY}", KEY, KEY, None]
     assert got.path.name == "x.png"  # octet-stream: extension from magic bytes
 

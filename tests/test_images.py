@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
+from pathlib import Path
 
+import pytest
+
+from batch_runner.errors import PermanentApiError
 from batch_runner.store.images import (
-    extension_for,
     image_size,
     image_stem,
+    save_image,
     sniff_extension,
 )
+from batch_runner.wire.fake import FakeImage, MemoryBody
 
 
 def png(width: int, height: int) -> bytes:
@@ -33,15 +39,41 @@ def test_sizes_from_headers() -> None:
     assert image_size(b"<html>") is None
 
 
-def test_sniff_and_extension() -> None:
-    """Content-Type decides the extension, magic bytes back it up, .png last."""
+def test_sniff_extension() -> None:
+    """The magic bytes name the type; anything else is not an image."""
     assert sniff_extension(png(1, 1)) == ".png"
     assert sniff_extension(jpeg(1, 1)) == ".jpg"
     assert sniff_extension(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == ".webp"
     assert sniff_extension(b"hello") is None
-    assert extension_for("image/jpeg; charset=binary", png(1, 1)) == ".jpg"
-    assert extension_for("application/octet-stream", jpeg(1, 1)) == ".jpg"
-    assert extension_for(None, b"????") == ".png"
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", None, "text/html"])
+async def test_saved_image_is_named_after_its_bytes(
+    tmp_path: Path, content_type: str | None
+) -> None:
+    """Whatever Content-Type says, a PNG is saved as .png with its facts."""
+    data = png(7, 5)
+    body = MemoryBody(FakeImage(data, content_type=content_type, chunk_size=4))
+    saved = await save_image(body, tmp_path, "x")
+    assert saved.path == tmp_path / "x.png"
+    assert saved.path.read_bytes() == data
+    assert (saved.size, saved.width, saved.height) == (len(data), 7, 5)
+    assert saved.sha256 == hashlib.sha256(data).hexdigest()
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+async def test_large_image_streams_and_junk_leaves_nothing(tmp_path: Path) -> None:
+    """A body past the small-image size streams whole to disk; a body that is not
+    an image is refused and leaves no file, not even a .part."""
+    big = jpeg(640, 480) + bytes(range(256)) * 4096  # 1 MiB after the header
+    saved = await save_image(
+        MemoryBody(FakeImage(big, content_type="image/png")), tmp_path, "big"
+    )
+    assert saved.path.name == "big.jpg" and saved.path.read_bytes() == big
+    assert (saved.width, saved.height) == (640, 480)
+    with pytest.raises(PermanentApiError, match="not an image"):
+        await save_image(MemoryBody(FakeImage(b"<html>")), tmp_path, "junk")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jpg"]
 
 
 def test_image_stems() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +14,8 @@ from batch_runner.engine.retry import RetryPolicy
 from batch_runner.engine.runner import Runner, RunOptions, RunResult, StopReason
 from batch_runner.models import JobSpec
 from batch_runner.store.ledger import LedgerWriter, read_ledger
-from batch_runner.wire.client import DownloadedFile, ZImageClient
+from batch_runner.wire.api import ImageBody
+from batch_runner.wire.client import ZImageClient
 from batch_runner.wire.protocol import PollResult, SubmitResult
 
 from .conftest import KEY, SimFactory
@@ -56,8 +58,8 @@ class Spy:
     async def poll(self, taskid: str) -> PollResult:
         return await self.inner.poll(taskid)
 
-    async def download(self, url: str, images_dir: Path, stem: str) -> DownloadedFile:
-        return await self.inner.download(url, images_dir, stem)
+    def download(self, url: str) -> AbstractAsyncContextManager[ImageBody]:
+        return self.inner.download(url)
 
 
 async def run_jobs(

@@ -40,6 +40,7 @@ def run_command(
                 retry_failed=ns.retry_failed,
                 shard=shard,
                 max_jobs=ns.max_jobs,
+                download=ns.download,
             )
             print_plan(the_plan, ns.credits_per_image)
             return ExitCode.OK
@@ -85,6 +86,8 @@ def print_plan(the_plan: Plan, credits_per_image: float | None) -> None:
     print(f"plan: {the_plan.describe()}")
     print(f"  to submit:       {the_plan.to_submit}")
     print(f"  to poll:         {the_plan.poll}")
+    if the_plan.fetch:
+        print(f"  to download:     {the_plan.fetch} (generated earlier, no new task)")
     print(f"  already done:    {the_plan.done}")
     print(f"  failed, skipped: {the_plan.failed_skipped}")
     if credits_per_image is not None:

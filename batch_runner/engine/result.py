@@ -34,6 +34,8 @@ class Plan:
     max_jobs: int | None = None
     #: e.g. "shard-0-of-4"
     shard: str | None = None
+    #: jobs generated earlier whose images are to download (no new task)
+    fetch: int = 0
 
     @classmethod
     def from_counts(
@@ -48,6 +50,7 @@ class Plan:
             failed_skipped=c[Action.SKIP_FAILED],
             max_jobs=max_jobs,
             shard=shard,
+            fetch=c[Action.FETCH],
         )
 
     @property
@@ -67,9 +70,10 @@ class Plan:
         skipped = (
             " (skipped; --retry-failed reruns them)" if self.failed_skipped else ""
         )
+        fetch = f"{self.fetch} to download, " if self.fetch else ""
         return (
             f"{self.total} jobs{shard}: {self.submit} to submit, "
-            f"{self.poll} to poll, {self.done} already done, "
+            f"{self.poll} to poll, {fetch}{self.done} already done, "
             f"{self.failed_skipped} failed earlier{skipped}"
         )
 
@@ -100,7 +104,8 @@ class RunResult:
     peak_concurrency: int
     #: jobs the ledger already had as failed, skipped (`retry_failed` reruns them)
     failed_earlier: int
-    #: submitted tasks whose polls kept failing; the next run polls them again
+    #: jobs with a task that could not be collected now (polls kept failing, or
+    #: the image host was unreachable); the next run resumes them
     unfinished: int
     stop_reason: StopReason
     #: what stopped the run, in words ("" when it simply finished)
@@ -113,6 +118,9 @@ class RunResult:
     elapsed: float
     out: Path
     ledger: Path
+    #: tasks finished and recorded "generated" without downloading
+    #: (`download=False`); a later run with downloads fetches them
+    generated: int = 0
 
     @property
     def ok(self) -> bool:
@@ -146,11 +154,13 @@ def conclude(
 ) -> RunResult:
     """Turn the runner's tally into a RunResult and log the summary line (and
     what stopped the run, if something did)."""
-    in_scope = plan.submit + plan.poll
+    in_scope = plan.submit + plan.poll + plan.fetch
     result = RunResult(
         succeeded=tally.succeeded,
         failed=tally.failed,
-        pending=max(0, in_scope - tally.succeeded - tally.failed),
+        pending=max(
+            0, in_scope - tally.succeeded - tally.failed - tally.generated
+        ),
         submitted=tally.submits,
         retries=tally.retries,
         throttled=tally.throttled,
@@ -164,6 +174,7 @@ def conclude(
         elapsed=elapsed,
         out=out,
         ledger=ledger,
+        generated=tally.generated,
     )
     _log_summary(result)
     return dataclasses.replace(result, exit_code=_exit_code(result))
@@ -171,6 +182,8 @@ def conclude(
 
 def _log_summary(result: RunResult) -> None:
     extra = f", {result.failed_earlier} failed earlier" if result.failed_earlier else ""
+    if result.generated:
+        extra += f", {result.generated} generated (not downloaded)"
     log.info(
         "summary: succeeded %d, failed %d, pending %d%s; %d submitted, %d retries "
         "(%d throttled); peak concurrency %d; %.1fs, %.2f jobs/s",
@@ -190,6 +203,8 @@ def _log_summary(result: RunResult) -> None:
                 "failed": result.failed,
                 "pending": result.pending,
                 "failed_earlier": result.failed_earlier,
+                "generated": result.generated,
+                "unfinished": result.unfinished,
                 "submitted": result.submitted,
                 "retries": result.retries,
                 "throttled": result.throttled,
@@ -223,6 +238,14 @@ def _exit_code(result: RunResult) -> ExitCode:
         return ExitCode.CREDITS
     if stop is StopReason.FAILURES:
         log.error("stopped submitting: %s", result.stop_message)
+        return ExitCode.FAILED
+    if stop is StopReason.UNREACHABLE:
+        log.error(
+            "stopped submitting: %s; %d job(s) left pending for the next run "
+            "(nothing was recorded failed)",
+            result.stop_message,
+            result.pending,
+        )
         return ExitCode.FAILED
     if result.failed or result.failed_earlier or result.unfinished:
         return ExitCode.FAILED

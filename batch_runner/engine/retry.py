@@ -1,11 +1,22 @@
-"""When to try again and how long to wait: jittered backoff, poll pacing. Pure."""
+"""When to try again and how long to wait (pure), and the retry loop itself.
+
+The policy and poll pacing are functions of values; `Retrier.call` is the one
+loop that awaits, and tells its hooks about every retry (stamina's habit), so
+the runner can log, count and back off without living inside the loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import random
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from batch_runner.errors import ApiError, TransientApiError
+
+T = TypeVar("T")
 
 #: polls run at the user's interval for this long, then slow down
 POLL_FAST_PHASE = 60.0
@@ -48,3 +59,86 @@ def next_poll_interval(elapsed: float, previous: float, base: float) -> float:
     if elapsed < POLL_FAST_PHASE:
         return base
     return min(max(previous, base) * POLL_BACKOFF_FACTOR, max(POLL_MAX_INTERVAL, base))
+
+
+def is_pacing(exc: TransientApiError) -> bool:
+    """A 429, or a 503 with Retry-After, is the server pacing us; a bare 503 may
+    be an outage, which must use up retries and fail."""
+    return exc.http_status == 429 or (
+        exc.http_status == 503 and exc.retry_after is not None
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDetails:
+    """What a retry hook learns: which request failed how, and the wait before
+    the next try."""
+
+    #: "submit", "poll" or "download"
+    what: str
+    job_id: str
+    #: attempts used up so far (answers that only paced us are not counted)
+    attempt: int
+    #: seconds until the next try
+    wait: float
+    error: TransientApiError
+    #: the server was pacing us (429, or 503 with Retry-After)
+    throttled: bool
+    #: seconds since the first try of this request
+    elapsed: float
+
+
+class RetryHook(Protocol):
+    """Called before each wait; must not raise (it runs inside the job)."""
+
+    def __call__(self, details: RetryDetails) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Retrier:
+    """Runs one request until it succeeds, fails for good or runs out of attempts.
+
+    Only TransientApiError is retried. A 429 (or a 503 with Retry-After) waits
+    as told and, up to `max_throttled` times per request, does not use up an
+    attempt: stamina cannot express that, which is why this loop is our own.
+    """
+
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    max_throttled: int = 100
+    on_retry: Sequence[RetryHook] = ()
+    rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    async def call(
+        self, op: Callable[[], Awaitable[T]], *, what: str, job_id: str
+    ) -> tuple[T, int]:
+        """`op()`'s result and the number of requests it took."""
+        attempt = 0
+        throttled = 0
+        started = time.monotonic()
+        while True:
+            attempt += 1
+            try:
+                result = await op()
+            except TransientApiError as exc:
+                pacing = is_pacing(exc)
+                if pacing and throttled < self.max_throttled:
+                    throttled += 1
+                    attempt -= 1
+                if not self.policy.should_retry(exc, attempt):
+                    raise
+                wait = self.policy.delay_for(exc, max(attempt, 1), self.rng)
+                details = RetryDetails(
+                    what=what,
+                    job_id=job_id,
+                    attempt=attempt,
+                    wait=wait,
+                    error=exc,
+                    throttled=pacing,
+                    elapsed=time.monotonic() - started,
+                )
+                for hook in self.on_retry:
+                    hook(details)
+                await self.sleep(wait)
+            else:
+                return result, attempt + throttled

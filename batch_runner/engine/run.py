@@ -257,6 +257,7 @@ def plan(
     retry_failed: bool = False,
     shard: str | Shard | None = None,
     max_jobs: int | None = None,
+    download: bool = True,
 ) -> Plan:
     """What `run_batch` would do now, sending nothing (a dry run): the jobs are
     validated exactly as for a run and compared with the ledger. Takes no lock
@@ -266,7 +267,11 @@ def plan(
     if max_jobs is not None:
         _check_int("max_jobs", max_jobs, 0)
     counts, _, _ = _survey(
-        job_source(jobs), run_dir, retry_failed=retry_failed, shard=chosen
+        job_source(jobs),
+        run_dir,
+        retry_failed=retry_failed,
+        shard=chosen,
+        download=download,
     )
     return Plan.from_counts(
         counts, max_jobs=max_jobs, shard=chosen.label if chosen else None
@@ -281,7 +286,12 @@ async def _run_async(s: _Settings) -> RunResult:
     _check_signals_allowed(s)
     with s.run_dir.lock():
         counts, state, repeated = await asyncio.to_thread(
-            _survey, s.source, s.run_dir, retry_failed=s.retry_failed, shard=s.shard
+            _survey,
+            s.source,
+            s.run_dir,
+            retry_failed=s.retry_failed,
+            shard=s.shard,
+            download=s.options.download,
         )
         the_plan = _announce(s, counts)
         tally = await _execute(s, state, counts, repeated)
@@ -300,7 +310,11 @@ def _run_here(
     _check_signals_allowed(s)
     with s.run_dir.lock():
         counts, state, repeated = _survey(
-            s.source, s.run_dir, retry_failed=s.retry_failed, shard=s.shard
+            s.source,
+            s.run_dir,
+            retry_failed=s.retry_failed,
+            shard=s.shard,
+            download=s.options.download,
         )
         the_plan = _announce(s, counts)
         with asyncio.Runner(loop_factory=factory) as runner:
@@ -383,6 +397,7 @@ def _survey(
     *,
     retry_failed: bool,
     shard: Shard | None,
+    download: bool = True,
 ) -> tuple[PlanCounts, ResumeState, frozenset[str]]:
     """Read the ledger, then validate every job and count the plan in one pass
     (millions of rows); raises ManifestError before anything is sent."""
@@ -393,6 +408,7 @@ def _survey(
         state,
         retry_failed=retry_failed,
         keep=shard.keeps if shard is not None else None,
+        download=download,
     )
     summary = validate_manifest(source, on_job=count)
     for warning in summary.warnings:
@@ -488,7 +504,10 @@ async def _execute(
         if s.handle_signals:
             stack.enter_context(_stop_on_signals(runner))
         items = work_items(
-            _jobs_in_scope(s, repeated), state, retry_failed=s.retry_failed
+            _jobs_in_scope(s, repeated),
+            state,
+            retry_failed=s.retry_failed,
+            download=s.options.download,
         )
         return await runner.run(items)
 

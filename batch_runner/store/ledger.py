@@ -33,10 +33,13 @@ _FAST_HEAD = re.compile(
 #: job id and status at the start of a line as LedgerWriter lays it out, for
 #: readers that need no more than that; ids with escapes take the slow path
 RECORD_HEAD = re.compile(
-    rb'^\{"job_id":"([A-Za-z0-9._-]+)","status":"(succeeded|submitted|failed)"'
+    rb'^\{"job_id":"([A-Za-z0-9._-]+)",'
+    rb'"status":"(succeeded|submitted|failed|generated)"'
 )
 #: fields of free text from outside (the API, exceptions): the only ones redacted
 FREE_TEXT_FIELDS = frozenset(("msg",))
+#: the end of a "succeeded" line without files: an old --no-download record
+_NO_FILES_TAIL = b',"files":[]}\n'
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 log = logging.getLogger("batch_runner.store.ledger")
@@ -120,6 +123,22 @@ class FailedJob:
     msg: str
 
 
+@dataclass(frozen=True, slots=True)
+class GeneratedJob:
+    """A finished task whose images are not on disk yet: where to fetch them."""
+
+    taskid: str | None
+    urls: tuple[str, ...]
+
+
+def _urls(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, list):
+        return tuple(u for u in value if isinstance(u, str) and u)
+    return ()
+
+
 @dataclass(slots=True)
 class ResumeState:
     """Each job's last known state, folded from the ledger in order."""
@@ -127,6 +146,7 @@ class ResumeState:
     succeeded: set[str] = field(default_factory=set)
     submitted: dict[str, str] = field(default_factory=dict)
     failed: dict[str, FailedJob] = field(default_factory=dict)
+    generated: dict[str, GeneratedJob] = field(default_factory=dict)
     records: int = 0
     warnings: list[str] = field(default_factory=list)
 
@@ -142,11 +162,22 @@ class ResumeState:
             raise ValueError(f"unknown status {status!r}")
         if status == JobStatus.SUBMITTED and taskid is None:
             raise ValueError("submitted record without a taskid")
+        urls = _urls(record.get("url"))
+        if status == JobStatus.GENERATED and not urls and taskid is None:
+            raise ValueError("generated record without URLs or a taskid")
         self.records += 1
         self.succeeded.discard(job_id)
         self.submitted.pop(job_id, None)
         self.failed.pop(job_id, None)
-        if status == JobStatus.SUCCEEDED:
+        self.generated.pop(job_id, None)
+        files = record.get("files")
+        if status == JobStatus.SUCCEEDED and files == [] and urls:
+            # written by --no-download before "generated" existed: its images
+            # were never fetched, so it is work left, not done
+            status = JobStatus.GENERATED
+        if status == JobStatus.GENERATED:
+            self.generated[job_id] = GeneratedJob(taskid=taskid, urls=urls)
+        elif status == JobStatus.SUCCEEDED:
             self.succeeded.add(job_id)
         elif status == JobStatus.SUBMITTED:
             assert taskid is not None
@@ -166,6 +197,8 @@ class ResumeState:
             return JobStatus.SUBMITTED
         if job_id in self.failed:
             return JobStatus.FAILED
+        if job_id in self.generated:
+            return JobStatus.GENERATED
         return None
 
 
@@ -180,16 +213,23 @@ def replay(lines: Iterable[bytes], *, name: str = "ledger") -> ResumeState:
     succeeded = state.succeeded
     submitted = state.submitted
     failed = state.failed
+    generated = state.generated
     for raw in lines:
         start = offset
         offset += len(raw)
         # Fast path for the common "succeeded" line as our writer lays it out:
         # a resume of a million-line ledger must not JSON-parse every line.
         head = _FAST_HEAD.match(raw)
-        if head is not None and raw.endswith(b"}\n"):
+        if (
+            head is not None
+            and raw.endswith(b"}\n")
+            and not raw.endswith(_NO_FILES_TAIL)
+        ):
             job_id = head[1].decode()
             state.records += 1
             failed.pop(job_id, None)
+            if generated:
+                generated.pop(job_id, None)
             if head[2] == b"succeeded":
                 succeeded.add(job_id)
                 submitted.pop(job_id, None)

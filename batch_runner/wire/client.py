@@ -1,25 +1,20 @@
 """The Z-Image HTTP client: one request per call, every failure mapped to an ApiError.
 
-Retries, pacing and bookkeeping live in the runner; this layer only speaks HTTP.
-The API key is attached per request to API calls and never to image downloads,
-which may live on another host.
+Retries, pacing and bookkeeping live in the engine; writing images lives in the
+store. This layer only speaks HTTP. The API key is attached per request to API
+calls and never to image downloads, which may live on another host.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
-import hashlib
-import itertools
-import os
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import aiofiles
 import aiohttp
 from yarl import URL
 
@@ -31,7 +26,8 @@ from batch_runner.errors import (
 )
 from batch_runner.models import JobSpec
 from batch_runner.redact import Redactor
-from batch_runner.store.images import extension_for, image_size, sniff_extension
+from batch_runner.wire.api import ImageBody
+from batch_runner.wire.auth import KeyForms, Verdict
 from batch_runner.wire.protocol import (
     POLL_PATH,
     SUBMIT_PATH,
@@ -54,23 +50,8 @@ MAX_ENVELOPE_BYTES = 1 << 20
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
-#: enough of the file to recognise it and, for JPEG, usually to find its size
-_HEAD_BYTES = 64 * 1024
-#: bodies up to this size are written in one go, without a thread
-_SMALL_IMAGE = 256 * 1024
 #: result fields that carry the server's own words, which may echo the request
 _FREE_TEXT = ("msg", "error_message")
-
-
-@dataclass(frozen=True, slots=True)
-class DownloadedFile:
-    """An image that is complete and renamed into place."""
-
-    path: Path
-    size: int
-    sha256: str = ""
-    width: int | None = None
-    height: int | None = None
 
 
 def _redacted(
@@ -83,10 +64,7 @@ def _redacted(
         try:
             result = await method(self, *args, **kwargs)
         except ApiError as exc:
-            clean = self._redact(exc.message)
-            if clean != exc.message:
-                exc.message = clean
-                exc.args = (clean, *exc.args[1:])
+            self._scrub(exc)
             raise
         if dataclasses.is_dataclass(result) and not isinstance(result, type):
             # only free text: taskids and URLs are needed verbatim
@@ -118,18 +96,15 @@ class ZImageClient:
     ) -> None:
         self._session = session
         self._base = check_base_url(base_url)
-        self._key = api_key
         self._redact = Redactor([api_key])
-        self._auth = {"Authorization": f"Bearer {api_key}"}
-        #: until one request succeeds we may still learn the server wants the raw
-        #: key, as the docs' curl sample sends it
-        self._auth_settled = False
+        self._keys = KeyForms.for_key(api_key)
+        #: trial requests of a fallback key form go one at a time
+        self._key_lock = asyncio.Lock()
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._max_image_bytes = max_image_bytes
         self._submit_url = api_url(self._base, SUBMIT_PATH)
         self._poll_url = api_url(self._base, POLL_PATH)
         self._boundary = "zimage-" + secrets.token_hex(12)
-        self._tmp_counter = itertools.count()
 
     @_redacted
     async def submit(self, job: JobSpec) -> SubmitResult:
@@ -167,128 +142,116 @@ class ZImageClient:
         *,
         polling: bool,
     ) -> dict[str, Any]:
-        async def exchange(headers: dict[str, str]) -> tuple[int, bytes, str | None]:
-            async with send(headers) as resp:
+        while True:
+            if self._keys.on_trial:
+                async with self._key_lock:
+                    # still deciding once we hold the lock: send under it
+                    if self._keys.on_trial:
+                        envelope = await self._exchange(send, polling=polling)
+                        if envelope is not None:
+                            return envelope
+                        continue
+            envelope = await self._exchange(send, polling=polling)
+            if envelope is not None:
+                return envelope
+
+    async def _exchange(
+        self, send: Callable[[dict[str, str]], Any], *, polling: bool
+    ) -> dict[str, Any] | None:
+        """One request with the current key form; None: resend with another form."""
+        if self._keys.rejection is not None:
+            # the key was rejected earlier in this run: do not send it again
+            raise self._keys.rejection
+        index, header = self._keys.current
+
+        async def exchange() -> tuple[int, bytes, str | None]:
+            async with send({"Authorization": header}) as resp:
                 body = await _read_capped(resp, MAX_ENVELOPE_BYTES)
                 return resp.status, body, resp.headers.get("Retry-After")
 
-        status, body, retry_after = await _map_transport_errors(
-            lambda: exchange(self._auth)
-        )
+        status, body, retry_after = await _map_transport_errors(exchange)
         try:
             envelope = classify_http(status, body, retry_after, polling=polling)
-        except AuthError:
-            if self._auth_settled:
-                raise
-            # Every known client sends "Bearer <key>", the docs' sample the bare
-            # key; a server that refuses one form gets the other, once.
-            raw = {"Authorization": self._key}
-            status, body, retry_after = await _map_transport_errors(
-                lambda: exchange(raw)
-            )
-            envelope = classify_http(status, body, retry_after, polling=polling)
-            self._auth = raw
-        self._auth_settled = True
+        except AuthError as exc:
+            if self._keys.rejected(index, exc) is Verdict.RESEND:
+                return None
+            raise
+        self._keys.accepted(index)
         return envelope
 
-    @_redacted
-    async def download(self, url: str, images_dir: Path, stem: str) -> DownloadedFile:
-        """Stream one image to a temp file, check it is an image, rename into place.
+    @contextlib.asynccontextmanager
+    async def download(self, url: str) -> AsyncIterator[ImageBody]:
+        """Open one image; the body streams, capped at `max_image_bytes`.
 
-        A partial file never carries the final name, so a crash mid-download
-        leaves only a `.part` file that the next run ignores and replaces.
+        Only the opening and the reading are mapped to ApiErrors: whatever the
+        caller raises while it handles the bytes passes through untouched.
         """
-        target = URL(url)
-        if not target.is_absolute() and not target.scheme:
-            # a relative URL is taken to live on the API's host
-            target = self._base.join(target)
-        if target.scheme not in ("http", "https") or not target.host:
-            raise PermanentApiError(f"refusing to download non-http(s) URL: {url!r}")
-        # unique within this process; stale ones from dead runs are removed at start
-        tmp = images_dir / f".{stem}.{os.getpid()}-{next(self._tmp_counter)}.part"
-
-        async def fetch() -> DownloadedFile:
-            try:
-                async with self._session.get(
-                    target,
-                    timeout=self._timeout,
-                    max_redirects=MAX_REDIRECTS,
-                ) as resp:
-                    if resp.status != 200:
-                        _raise_for_download_status(
-                            resp.status, resp.headers.get("Retry-After")
-                        )
-                    declared = resp.content_length
-                    if declared is not None and declared > self._max_image_bytes:
-                        raise PermanentApiError(
-                            f"image is {declared} bytes, over --max-image-bytes"
-                        )
-                    size, head, digest = await self._stream_to(resp, tmp)
-                    ext = sniff_extension(head)
-                    if ext is None:
-                        raise PermanentApiError(
-                            f"downloaded file is not an image ({size} bytes, "
-                            f"Content-Type {resp.content_type!r})"
-                        )
-                    final = images_dir / (
-                        stem + extension_for(resp.headers.get("Content-Type"), head)
-                    )
-                    os.replace(tmp, final)
-                    dims = image_size(head)
-                    return DownloadedFile(
-                        path=final,
-                        size=size,
-                        sha256=digest,
-                        width=dims[0] if dims else None,
-                        height=dims[1] if dims else None,
-                    )
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-
-        return await _map_transport_errors(fetch)
-
-    async def _stream_to(
-        self, resp: aiohttp.ClientResponse, tmp: Path
-    ) -> tuple[int, bytes, str]:
-        """Write the body to `tmp`; returns size, the first bytes, and sha256.
-
-        Small bodies are written with one plain write: three thread hops through
-        aiofiles cost more than writing a few hundred KiB to the page cache.
-        Larger ones stream through aiofiles so the loop never blocks on them.
-        """
-        digest = hashlib.sha256()
-        buffered: list[bytes] = []
-        size = 0
-        chunks = resp.content.iter_chunked(_CHUNK)
-        async for chunk in chunks:
-            size += len(chunk)
-            self._check_size(size)
-            digest.update(chunk)
-            buffered.append(chunk)
-            if size > _SMALL_IMAGE:
-                break
-        else:
-            data = b"".join(buffered)
-            with tmp.open("wb") as out:
-                out.write(data)
-            return size, data[:_HEAD_BYTES], digest.hexdigest()
-        head = b"".join(buffered)[:_HEAD_BYTES]
-        async with aiofiles.open(tmp, "wb") as out:
-            await out.write(b"".join(buffered))
-            buffered.clear()
-            async for chunk in chunks:
-                size += len(chunk)
-                self._check_size(size)
-                digest.update(chunk)
-                await out.write(chunk)
-        return size, head, digest.hexdigest()
-
-    def _check_size(self, size: int) -> None:
-        if size > self._max_image_bytes:
-            raise PermanentApiError(
-                f"image exceeds --max-image-bytes ({self._max_image_bytes})"
+        async def open_image() -> aiohttp.ClientResponse:
+            resp = await self._session.get(
+                target, timeout=self._timeout, max_redirects=MAX_REDIRECTS
             )
+            if resp.status != 200:
+                resp.release()
+                _raise_for_download_status(resp.status, resp.headers.get("Retry-After"))
+            declared = resp.content_length
+            if declared is not None and declared > self._max_image_bytes:
+                resp.release()
+                raise PermanentApiError(
+                    f"image is {declared} bytes, over --max-image-bytes"
+                )
+            return resp
+
+        try:
+            target = URL(url)
+            if not target.is_absolute() and not target.scheme:
+                # a relative URL is taken to live on the API's host
+                target = self._base.join(target)
+            if target.scheme not in ("http", "https") or not target.host:
+                raise PermanentApiError(
+                    f"refusing to download non-http(s) URL: {url!r}"
+                )
+            resp = await _map_transport_errors(open_image)
+        except ApiError as exc:
+            # the URL came from the API's answer, which may echo the request
+            self._scrub(exc)
+            raise
+        try:
+            yield _ResponseBody(resp, self._max_image_bytes)
+        finally:
+            resp.release()
+
+
+    def _scrub(self, exc: ApiError) -> None:
+        """Redact the key from an error's message, in place."""
+        clean = self._redact(exc.message)
+        if clean != exc.message:
+            exc.message = clean
+            exc.args = (clean, *exc.args[1:])
+
+
+class _ResponseBody:
+    """An aiohttp response body as an ImageBody: chunks, transport errors mapped."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, limit: int) -> None:
+        self._resp = resp
+        self._limit = limit
+        self._size = 0
+
+    @property
+    def content_type(self) -> str | None:
+        return self._resp.headers.get("Content-Type")
+
+    def __aiter__(self) -> _ResponseBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await _map_transport_errors(lambda: self._resp.content.read(_CHUNK))
+        if not chunk:
+            raise StopAsyncIteration
+        self._size += len(chunk)
+        if self._size > self._limit:
+            raise PermanentApiError(f"image exceeds --max-image-bytes ({self._limit})")
+        return chunk
 
 
 def _raise_for_download_status(status: int, retry_after: str | None) -> None:
@@ -323,9 +286,15 @@ async def _map_transport_errors(call: Callable[[], Awaitable[T]]) -> T:
     except ApiError:
         raise
     except aiohttp.ClientConnectorError as exc:
-        # the connection was never made, so the request cannot have been billed
+        # the connection was never made (refused, DNS, TLS), so the request cannot
+        # have been billed
         raise TransientApiError(
             f"cannot connect: {exc.os_error or exc}", maybe_sent=False
+        ) from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        # timed out while connecting: nothing was sent either
+        raise TransientApiError(
+            "cannot connect: connection timed out", maybe_sent=False
         ) from exc
     except aiohttp.TooManyRedirects as exc:
         raise PermanentApiError(f"too many redirects (> {MAX_REDIRECTS})") from exc
