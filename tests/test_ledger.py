@@ -206,3 +206,47 @@ def test_fast_path_agrees_with_full_parsing(
     assert fast.submitted == slow.submitted
     assert set(fast.failed) == set(slow.failed)
     assert fast.records == slow.records
+
+
+#: what --no-download wrote before the "generated" state existed
+OLD_NO_DOWNLOAD_LINE = (
+    b'{"job_id":"old","status":"succeeded","taskid":"t-old","url":["http://x/a.png"],'
+    b'"code":1000,"msg":"ok","ts":"2026-01-01T00:00:00.000+00:00","prompt":"p",'
+    b'"resolution":"1024*1024","seed":null,"prompt_extend":false,"meta":{},'
+    b'"files":[]}\n'
+)
+
+
+def test_generated_and_old_no_download_records_are_work_left(tmp_path: Path) -> None:
+    """A "generated" record, and an old "succeeded" one with no files but URLs,
+    both replay as generated (to download); status counts them apart from the
+    succeeded ones; a later success replaces them."""
+    generated = encode_record(
+        make_record(JOB, JobStatus.GENERATED, taskid="t1", urls=["http://x/1.png"])
+    )
+    state = replay([OLD_NO_DOWNLOAD_LINE, generated, rec("done", JobStatus.SUCCEEDED)])
+    assert state.succeeded == {"done"}
+    assert state.generated["old"].urls == ("http://x/a.png",)
+    assert state.generated["j1"].taskid == "t1"
+    assert state.status_of("old") is JobStatus.GENERATED
+    assert (
+        replay([OLD_NO_DOWNLOAD_LINE, rec("old", JobStatus.SUCCEEDED)]).generated == {}
+    )
+
+    from batch_runner.outputs.report import format_status, run_status
+
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_bytes(
+        OLD_NO_DOWNLOAD_LINE + generated + rec("done", JobStatus.SUCCEEDED)
+    )
+    report = run_status(ledger)
+    assert (report.succeeded, report.generated, report.total) == (1, 2, 3)
+    assert "generated (not downloaded) 2" in format_status(report, "run")
+
+
+def test_generated_record_needs_urls_or_a_taskid() -> None:
+    """A generated record that says neither where the images are nor which task
+    made them is unreadable, and reported as such."""
+    bad = encode_record(make_record(JOB, JobStatus.GENERATED))
+    state = replay([bad])
+    assert state.generated == {} and "without URLs or a taskid" in state.warnings[0]

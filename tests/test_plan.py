@@ -58,5 +58,32 @@ def test_resume_never_resubmits_a_recorded_taskid(
         assert job_id not in items
     for job_id, taskid in st_.submitted.items():
         assert items[job_id].taskid == taskid
+    for job_id, generated in st_.generated.items():
+        # paid for and finished: fetched (or polled) by its taskid, never resubmitted
+        assert items[job_id].taskid == generated.taskid is not None
     counts = count_plan(jobs, st_, retry_failed=True)
     assert counts.total == 6 and counts.in_scope == len(items)
+
+
+def test_generated_jobs_are_fetched_not_resubmitted() -> None:
+    """A generated job is downloaded from its URLs (its taskid kept for expired
+    ones) when the run downloads, and left alone with --no-download."""
+    st_ = replay(
+        [
+            encode_record(
+                make_record(
+                    job("g"), JobStatus.GENERATED, taskid="tg", urls=["http://x/g.png"]
+                )
+            )
+        ]
+    )
+    assert decide(job("g"), st_, retry_failed=True) == (Action.FETCH, "tg")
+    assert decide(job("g"), st_, retry_failed=False, download=False) == (
+        Action.DONE,
+        "tg",
+    )
+    [item] = work_items([job("g")], st_, retry_failed=False)
+    assert (item.taskid, item.urls) == ("tg", ("http://x/g.png",))
+    assert list(work_items([job("g")], st_, retry_failed=False, download=False)) == []
+    counts = count_plan([job("g"), job("n")], st_, retry_failed=False)
+    assert counts.counts[Action.FETCH] == 1 and counts.in_scope == 2

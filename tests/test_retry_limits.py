@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from batch_runner.engine.limits import RateLimiter
-from batch_runner.engine.retry import RetryPolicy, next_poll_interval
+from batch_runner.engine.retry import (
+    Retrier,
+    RetryDetails,
+    RetryPolicy,
+    next_poll_interval,
+)
+from batch_runner.engine.stop import PHASE_FOR, Phase, StopReason, stronger
 from batch_runner.errors import PermanentApiError, TransientApiError
 
 
@@ -110,3 +117,88 @@ def test_aimd_backs_off_when_latency_rises() -> None:
     for i in range(20):
         aimd.on_success(1.0 + i, latency=1.0)
     assert aimd.limit < before
+
+
+class _Sleeps:
+    """Records the waits instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def _failing(errors: list[Exception], result: str = "ok"):  # type: ignore[no-untyped-def]
+    calls = 0
+
+    async def op() -> str:
+        nonlocal calls
+        calls += 1
+        if errors:
+            raise errors.pop(0)
+        return result
+
+    return op, lambda: calls
+
+
+async def test_retrier_tells_hooks_about_every_retry() -> None:
+    """Each retry reaches every hook with the attempt, the wait and the error; the
+    server's Retry-After is the wait; the result comes with the request count."""
+    sleeps = _Sleeps()
+    seen: list[RetryDetails] = []
+    retrier = Retrier(
+        policy=RetryPolicy(attempts=5, wait_initial=1.0, wait_max=1.0),
+        on_retry=(seen.append,),
+        rng=random.Random(0),
+        sleep=sleeps,
+    )
+    op, calls = _failing(
+        [
+            TransientApiError("HTTP 500", http_status=500),
+            TransientApiError("HTTP 500", http_status=500, retry_after=4.0),
+        ]
+    )
+    assert await retrier.call(op, what="poll", job_id="j") == ("ok", 3)
+    assert calls() == 3
+    assert [(d.what, d.job_id, d.attempt, d.throttled) for d in seen] == [
+        ("poll", "j", 1, False),
+        ("poll", "j", 2, False),
+    ]
+    assert sleeps.waits == [seen[0].wait, 4.0] and 0 <= seen[0].wait <= 1.0
+
+
+async def test_retrier_pacing_spends_no_attempt_up_to_the_limit() -> None:
+    """429s wait without using attempts until max_throttled; then they count,
+    and a permanent error is raised at once."""
+    sleeps = _Sleeps()
+    seen: list[RetryDetails] = []
+    retrier = Retrier(
+        policy=RetryPolicy(attempts=2, wait_initial=0.0, wait_max=0.0),
+        max_throttled=3,
+        on_retry=(seen.append,),
+        sleep=sleeps,
+    )
+    throttle = TransientApiError("HTTP 429", http_status=429, retry_after=0.5)
+    op, calls = _failing([throttle] * 10)
+    with pytest.raises(TransientApiError):
+        await retrier.call(op, what="submit", job_id="j")
+    # 3 free 429s, then attempt 1 (429) is retried, attempt 2 (429) gives up
+    assert calls() == 5
+    assert all(d.throttled for d in seen) and len(seen) == 4
+    op, calls = _failing([PermanentApiError("HTTP 400")])
+    with pytest.raises(PermanentApiError):
+        await retrier.call(op, what="submit", job_id="j")
+    assert calls() == 1
+
+
+def test_stop_reasons_rank_and_phases_only_move_forward() -> None:
+    """The stronger reason wins (credits over an outage over the breaker), and
+    each reason asks for the phase its exit behaviour needs."""
+    assert stronger(StopReason.CREDITS, StopReason.UNREACHABLE)
+    assert stronger(StopReason.UNREACHABLE, StopReason.FAILURES)
+    assert not stronger(StopReason.BUDGET, StopReason.UNREACHABLE)
+    assert stronger(StopReason.AUTH, StopReason.SIGNAL)
+    assert PHASE_FOR[StopReason.UNREACHABLE] is Phase.DRAINING
+    assert PHASE_FOR[StopReason.AUTH] is Phase.CANCELLING
+    assert max(Phase.CANCELLING, Phase.DRAINING) is Phase.CANCELLING

@@ -37,6 +37,7 @@ _MAX_ALT_CHARS: Final = 500
 _SUCCEEDED: Final = "succeeded"
 _FAILED: Final = "failed"
 _SUBMITTED: Final = "submitted"
+_GENERATED: Final = "generated"
 
 _CSS: Final = """
 :root { color-scheme: light dark; --bg: #f6f7f9; --fg: #1c1f24; --muted: #5f6670;
@@ -370,6 +371,7 @@ def _header(title: str, scan: _Scan, planned_cards: int) -> str:
 
     failed = scan.count(_FAILED)
     in_flight = scan.count(_SUBMITTED)
+    generated = scan.count(_GENERATED)
     failed_label = '<a href="#failed">failed</a>' if failed else "failed"
     return (
         f"<header><h1>{_e(title)}</h1>\n"
@@ -377,6 +379,11 @@ def _header(title: str, scan: _Scan, planned_cards: int) -> str:
         + total("succeeded", "succeeded", f"{scan.count(_SUCCEEDED):,}", "ok")
         + total("failed", failed_label, f"{failed:,}", "bad" if failed else "")
         + total("submitted", "in flight", f"{in_flight:,}", "busy" if in_flight else "")
+        + (
+            total("generated", "not downloaded", f"{generated:,}", "busy")
+            if generated
+            else ""
+        )
         + total("jobs", "jobs", f"{len(scan.last):,}")
         + total("images", "images", f"{scan.images:,}")
         + total("first", "first record", _when(scan.first_ts), "when")

@@ -60,7 +60,12 @@ _COPY_CHUNK = 1 << 20
 
 _ALL_STATUSES = tuple(s.value for s in JobStatus)
 #: which final state a merge keeps when inputs disagree
-_RANK = {JobStatus.FAILED: 0, JobStatus.SUBMITTED: 1, JobStatus.SUCCEEDED: 2}
+_RANK = {
+    JobStatus.FAILED: 0,
+    JobStatus.SUBMITTED: 1,
+    JobStatus.GENERATED: 2,
+    JobStatus.SUCCEEDED: 3,
+}
 _PARAMS = ("prompt", "resolution", "seed", "meta")
 
 

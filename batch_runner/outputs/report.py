@@ -21,6 +21,7 @@ from batch_runner.manifest.reader import ManifestSource, validate_manifest
 from batch_runner.outputs.audit import suspected_duplicate_submits
 from batch_runner.store.ledger import (
     RECORD_HEAD,
+    is_generated,
     iter_records,
     ledger_lines,
     parse_record,
@@ -29,8 +30,13 @@ from batch_runner.store.rundir import RunDir
 
 _TS = re.compile(rb'"ts":"([^"]*)"')
 _FILES = re.compile(rb'"files":\[([^\]]*)\]')
-_STATE_CODES = {b"submitted": "s", b"succeeded": "S", b"failed": "F"}
-_NAMES = {"s": "submitted", "S": "succeeded", "F": "failed"}
+_STATE_CODES = {
+    b"submitted": "s",
+    b"succeeded": "S",
+    b"failed": "F",
+    b"generated": "G",
+}
+_NAMES = {"s": "submitted", "S": "succeeded", "F": "failed", "G": "generated"}
 
 
 @dataclass(slots=True)
@@ -41,6 +47,9 @@ class RunStatus:
     succeeded: int = 0
     failed: int = 0
     submitted: int = 0
+    #: tasks finished, images not downloaded yet (--no-download): the next run
+    #: without the flag fetches them
+    generated: int = 0
     pending: int | None = None
     records: int = 0
     unreadable_lines: int = 0
@@ -99,6 +108,11 @@ def _scan(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, str]], RunSt
         if code == "S":
             files = _FILES.search(raw)
             files_of[job_id] = files[1].count(b'"') // 2 if files else 0
+            if not files_of[job_id]:
+                record = parse_record(raw)
+                if record is not None and is_generated(record):
+                    states[job_id] = "G"
+                    files_of.pop(job_id, None)
         else:
             files_of.pop(job_id, None)
     status.images_expected = sum(files_of.values())
@@ -119,6 +133,7 @@ def run_status(
     status.succeeded = counts["S"]
     status.failed = counts["F"]
     status.submitted = counts["s"]
+    status.generated = counts["G"]
     status.total = len(states)
     if manifest is not None:
         tally = {"jobs": 0, "pending": 0}
@@ -172,8 +187,11 @@ def format_status(status: RunStatus, name: str) -> str:
     """The human-readable report."""
     lines = [f"run: {name}"]
     pending = "" if status.pending is None else f", pending {status.pending}"
+    generated = (
+        f", generated (not downloaded) {status.generated}" if status.generated else ""
+    )
     lines.append(
-        f"jobs: {status.total} — succeeded {status.succeeded}, failed "
+        f"jobs: {status.total} — succeeded {status.succeeded}{generated}, failed "
         f"{status.failed}, submitted (in flight) {status.submitted}{pending}"
     )
     lines.append(

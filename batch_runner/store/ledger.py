@@ -139,6 +139,20 @@ def _urls(value: Any) -> tuple[str, ...]:
     return ()
 
 
+def is_generated(record: Mapping[str, Any]) -> bool:
+    """Whether a record leaves its images to fetch: "generated", or "succeeded"
+    with an empty `files` list and URLs (what --no-download wrote before
+    "generated" existed)."""
+    status = record.get("status")
+    if status == JobStatus.GENERATED:
+        return True
+    return (
+        status == JobStatus.SUCCEEDED
+        and record.get("files") == []
+        and bool(_urls(record.get("url")))
+    )
+
+
 @dataclass(slots=True)
 class ResumeState:
     """Each job's last known state, folded from the ledger in order."""
@@ -170,12 +184,8 @@ class ResumeState:
         self.submitted.pop(job_id, None)
         self.failed.pop(job_id, None)
         self.generated.pop(job_id, None)
-        files = record.get("files")
-        if status == JobStatus.SUCCEEDED and files == [] and urls:
-            # written by --no-download before "generated" existed: its images
-            # were never fetched, so it is work left, not done
-            status = JobStatus.GENERATED
-        if status == JobStatus.GENERATED:
+        # an old --no-download "succeeded" never fetched its images: work left
+        if is_generated(record):
             self.generated[job_id] = GeneratedJob(taskid=taskid, urls=urls)
         elif status == JobStatus.SUCCEEDED:
             self.succeeded.add(job_id)
