@@ -1,8 +1,16 @@
-"""Shared fixtures: a factory of real simulators on loopback, and a client on them."""
+"""Shared fixtures (a factory of real simulators on loopback, a client on them) and
+the test tiers: every test is marked pure, integration or subprocess.
+
+`pytest -m pure` runs the fast tier alone. A test's tier is its own mark if it
+has one, else what its fixtures need, else its file's. A pure test that opens a
+socket or starts a process fails, so the tier cannot silently rot.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -46,3 +54,87 @@ async def sim() -> AsyncIterator[SimFactory]:
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
+
+
+TIERS = ("pure", "integration", "subprocess")
+#: fixtures that put a test in a tier (and `slow`, for the heavy ones)
+_FIXTURE_TIERS = {
+    "sim": ("integration",),
+    "session": ("integration",),
+    "start": ("integration",),
+    "http": ("integration",),
+    "finished_run": ("integration",),
+    "browser": ("subprocess", "slow"),
+    "hf": ("slow",),
+}
+#: files whose tests all need more than the process they run in
+_FILE_TIERS = {
+    "test_bench_smoke.py": ("subprocess", "slow"),
+    "test_cli.py": ("subprocess", "slow"),
+    "test_torture.py": ("subprocess", "slow"),
+    "test_ops.py": ("integration",),
+    "test_client.py": ("integration",),
+    "test_runner.py": ("integration",),
+    "test_simulator.py": ("integration",),
+    "test_engine_defects.py": ("integration",),
+}
+
+
+#: in-process tests that still take seconds (big inputs, deep hypothesis runs)
+_SLOW_TESTS = {
+    "test_deep_nesting",
+    "test_a_big_ledger_gives_a_bounded_page",
+    "test_csv_and_yaml_round_trip",
+    "test_late_first_values_still_load_beyond_the_first_10mb",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test a tier: its own mark, else its fixtures', else its file's."""
+    for item in items:
+        marks: set[str] = set()
+        if getattr(item, "originalname", item.name) in _SLOW_TESTS:
+            marks.add("slow")
+        fixtures = getattr(item, "fixturenames", ())
+        for name in fixtures:
+            marks.update(_FIXTURE_TIERS.get(name, ()))
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            if not marks & set(TIERS):
+                marks.update(_FILE_TIERS.get(item.path.name, ("pure",)))
+        elif item.get_closest_marker("pure") is None:
+            marks.discard("pure")
+        if {"integration", "subprocess"} & marks or any(
+            item.get_closest_marker(t) for t in ("integration", "subprocess")
+        ):
+            marks.discard("pure")
+        for mark in sorted(marks):
+            item.add_marker(mark)
+
+
+class _NotPure(Exception):
+    """Raised where a pure test reaches for a socket or a process."""
+
+
+@pytest.fixture(autouse=True)
+def _guard_pure_tier(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """A test marked pure gets no network and no child processes."""
+    if request.node.get_closest_marker("pure") is None:
+        yield
+        return
+    touched: list[str] = []
+
+    def refuse(what: str) -> Callable[..., Any]:
+        def guard(*args: Any, **kwargs: Any) -> Any:
+            touched.append(what)
+            raise _NotPure(f"a test marked pure used {what}; mark it integration")
+
+        return guard
+
+    for name in ("connect", "connect_ex", "bind"):
+        monkeypatch.setattr(socket.socket, name, refuse(f"socket.{name}"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("subprocess"))
+    yield
+    if touched:
+        pytest.fail(f"a test marked pure used {', '.join(sorted(set(touched)))}")

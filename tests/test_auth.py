@@ -49,6 +49,7 @@ def test_a_settled_form_refused_later_means_a_revoked_key() -> None:
     assert forms.current == (0, f"Bearer {KEY}")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("accepts", ["raw", "nothing"])
 async def test_concurrent_requests_decide_the_form_once(accepts: str) -> None:
     """Eight requests at once against a server that wants the raw key (or no key

@@ -150,6 +150,7 @@ def decode(cell: Any, kind: str) -> Any:
 # -- metadata.jsonl -------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_imagefolder_loads_a_cli_run_with_captions_and_meta(
     tmp_path: Path, hf: ModuleType
 ) -> None:
@@ -432,6 +433,7 @@ def test_export_webdataset_samples_keys_and_shards(tmp_path: Path) -> None:
     assert sample_key("multi", 0) == "multi~0" and sample_key("a.b") == "a%2Eb"
 
 
+@pytest.mark.integration
 def test_export_webdataset_is_byte_identical_and_replaces_old_shards(
     tmp_path: Path,
 ) -> None:

@@ -44,6 +44,7 @@ def metadata(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+@pytest.mark.integration
 def test_merge_two_cli_shards_is_their_union_and_idempotent(tmp_path: Path) -> None:
     """Two real shards merge into their union; merging again changes nothing."""
     a = run_cli(tmp_path, "a", SHARD_A)
@@ -97,6 +98,7 @@ def test_merging_one_shard_at_a_time_equals_merging_both(tmp_path: Path) -> None
     assert snapshot(tmp_path / "steps") == snapshot(tmp_path / "both")
 
 
+@pytest.mark.integration
 def test_same_id_with_different_prompt_is_a_conflict_naming_both_dirs(
     tmp_path: Path,
 ) -> None:
