@@ -162,7 +162,8 @@ def _add_run_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--no-download",
         dest="download",
         action="store_false",
-        help="record image URLs without downloading them",
+        help="record image URLs without downloading them (jobs become "
+        "'generated'; a later run without this flag downloads them)",
     )
     add(
         "--max-image-bytes",
