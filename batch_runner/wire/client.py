@@ -159,9 +159,14 @@ class ZImageClient:
         self, send: Callable[[dict[str, str]], Any], *, polling: bool
     ) -> dict[str, Any] | None:
         """One request with the current key form; None: resend with another form."""
-        if self._keys.rejection is not None:
+        rejection = self._keys.rejection
+        if rejection is not None:
             # the key was rejected earlier in this run: do not send it again
-            raise self._keys.rejection
+            raise AuthError(
+                rejection.message,
+                code=rejection.code,
+                http_status=rejection.http_status,
+            )
         index, header = self._keys.current
 
         async def exchange() -> tuple[int, bytes, str | None]:
