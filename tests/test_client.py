@@ -248,7 +248,7 @@ async def test_base_url_path_prefix_is_kept(
         sub = await client.submit(JOB)
         res = await client.poll(sub.taskid)
         assert res.done and res.urls[0].startswith(url.rstrip("/") + "/images/")
-        got = await client.download(res.urls[0], tmp_path, "j")
+        got = await fetch(client, res.urls[0], tmp_path, "j")
         assert got.path.read_bytes().startswith(b"\x89PNG")
     finally:
         await runner.cleanup()
@@ -263,3 +263,23 @@ async def test_client_refuses_a_base_url_it_cannot_use(
     """A library caller with a bad base URL gets a ValueError, not failed jobs."""
     with pytest.raises(ValueError, match="base URL"):
         ZImageClient(session, url, KEY)
+
+
+@pytest.mark.pure
+async def test_connect_timeout_is_known_not_sent() -> None:
+    """A connection that timed out while connecting never carried the request,
+    so it counts as unreachable, unlike a timeout waiting for the answer."""
+    from batch_runner.wire.client import _map_transport_errors
+
+    async def connect_timeout() -> None:
+        raise aiohttp.ConnectionTimeoutError("Connection timeout to host")
+
+    async def read_timeout() -> None:
+        raise TimeoutError
+
+    with pytest.raises(TransientApiError) as info:
+        await _map_transport_errors(connect_timeout)
+    assert info.value.maybe_sent is False
+    with pytest.raises(TransientApiError) as info:
+        await _map_transport_errors(read_timeout)
+    assert info.value.maybe_sent is True
