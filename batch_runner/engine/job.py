@@ -1,10 +1,6 @@
 """One job's lifecycle: submit (or resume) -> poll -> download, each step recorded.
 
-A job never raises except cancellation: `Job.run` is the one place that routes
-errors to a `JobEnd`, an outcome plus, for conditions of the whole run (a
-rejected key, no credits, an unreachable API, a ledger that cannot be written),
-the stop reason the runner acts on. Only `CancelledError` leaves a job, because
-a job that raised would take its siblings down with it.
+`Job.run` is the one place a job's errors become an outcome (and a stop reason).
 """
 
 from __future__ import annotations
@@ -116,7 +112,13 @@ def _credits_message(exc: InsufficientCreditsError) -> str:
 
 
 class Job:
-    """One work item through its lifecycle; `run()` once."""
+    """One work item through its lifecycle; `run()` once.
+
+    A job never raises except cancellation: every error becomes a `JobEnd`, an
+    outcome plus, for conditions of the whole run (a rejected key, no credits,
+    an unreachable API, a ledger that cannot be written), the stop reason the
+    runner acts on. A job that raised would take its siblings down with it.
+    """
 
     def __init__(self, env: JobEnv, item: WorkItem) -> None:
         self._env = env

@@ -1,8 +1,6 @@
 """When to try again and how long to wait (pure), and the retry loop itself.
 
-The policy and poll pacing are functions of values; `Retrier.call` is the one
-loop that awaits, and tells its hooks about every retry (stamina's habit), so
-the runner can log, count and back off without living inside the loop.
+`Retrier.call` tells its hooks about every retry (stamina's habit).
 """
 
 from __future__ import annotations

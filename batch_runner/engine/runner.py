@@ -1,9 +1,6 @@
 """The run loop: feed work items through a bounded queue into a limited pool of jobs.
 
-The runner owns what is shared between jobs: the concurrency gate, the rate
-limiter, the stop phase, the counters and the failure breaker. What happens
-to one job lives in `engine.job`, retrying in `engine.retry`, the phases and
-stop reasons in `engine.stop`.
+Owns what jobs share (gate, rate, phase, counters, breaker); one job is `engine.job`.
 """
 
 from __future__ import annotations

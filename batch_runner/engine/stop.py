@@ -1,8 +1,6 @@
 """Why a run stops and how far its winding down has gone. Pure.
 
-A run moves through the phases in one direction only; each reason to stop
-names the phase it needs, and when several reasons arise the exit code reports
-the strongest.
+Phases only move forward; each stop reason names the phase it needs.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
 """Which form of the key a server wants, decided once per run. Pure.
 
-Every known client sends `Authorization: Bearer <key>`, the API docs' curl
-sample the bare key. The first form is assumed; a server that rejects it gets
-the other form once. The first success settles the form for the rest of the
-run; a rejection of the last form (or of a settled one) rejects the key, and
-every later request fails without being sent. The client sends trial requests
-one at a time, so a wrong key costs the requests already in flight plus one.
+`Bearer <key>` first, the bare key (the docs' curl sample) once if refused.
 """
 
 from __future__ import annotations
@@ -28,7 +23,15 @@ class Verdict(enum.Enum):
 @dataclass(slots=True)
 class KeyForms:
     """The state of the choice: the forms in order, which one is current, and
-    whether it is settled (a success) or the key is rejected."""
+    whether it is settled (a success) or the key is rejected.
+
+    Every known client sends `Authorization: Bearer <key>`, the API docs' curl
+    sample the bare key. A server that rejects the first form gets the other
+    once. The first success settles the form for the rest of the run; a
+    rejection of the last form (or of a settled one) rejects the key, and every
+    later request fails without being sent. The client sends trial requests
+    one at a time, so a wrong key costs the requests already in flight plus one.
+    """
 
     forms: tuple[str, ...]
     index: int = 0

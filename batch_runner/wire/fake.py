@@ -1,18 +1,6 @@
 """An in-memory Api driven by a handler function, for fast exact tests.
 
-httpx's `MockTransport` habit: every call becomes a `FakeRequest` handed to your
-handler, which returns what the server would say (a SubmitResult, a PollResult,
-image bytes) or raises the ApiError it would cause. The handler may be sync or
-async (an async one can wait on events to stage races). No sockets, no server:
-
-    def handler(request: FakeRequest) -> FakeAnswer:
-        if request.kind == "submit":
-            return SubmitResult("t1", (), 1000, "ok")
-        if request.kind == "poll":
-            return PollResult(3, ("mem://t1.png",), "", 1000, "ok")
-        return PNG_BYTES
-
-    runner = Runner(FakeApi(handler), ledger, options, out_dir=tmp)
+httpx's `MockTransport` habit: no sockets, no server; see `FakeApi`.
 """
 
 from __future__ import annotations
@@ -78,7 +66,22 @@ class MemoryBody:
 
 
 class FakeApi:
-    """The Api protocol in memory; `requests` lists every call in order."""
+    """The Api protocol in memory; `requests` lists every call in order.
+
+    Every call becomes a `FakeRequest` handed to the handler, which returns
+    what the server would say (a SubmitResult, a PollResult, image bytes or a
+    FakeImage) or raises the ApiError it would cause. The handler may be sync
+    or async (an async one can wait on events to stage races):
+
+        def handler(request: FakeRequest) -> FakeAnswer:
+            if request.kind == "submit":
+                return SubmitResult("t1", (), 1000, "ok")
+            if request.kind == "poll":
+                return PollResult(3, ("mem://t1.png",), "", 1000, "ok")
+            return PNG_BYTES
+
+        runner = Runner(FakeApi(handler), ledger, options, out_dir=tmp)
+    """
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
