@@ -77,24 +77,25 @@ _FILE_TIERS = {
     "test_runner.py": ("integration",),
     "test_simulator.py": ("integration",),
     "test_engine_defects.py": ("integration",),
+    "test_library.py": ("integration",),
 }
 
 
-#: in-process tests that still take seconds (big inputs, deep hypothesis runs)
-_SLOW_TESTS = {
-    "test_deep_nesting",
-    "test_a_big_ledger_gives_a_bounded_page",
-    "test_csv_and_yaml_round_trip",
-    "test_late_first_values_still_load_beyond_the_first_10mb",
+#: single tests whose file says less than they need: in-process tests that still
+#: take seconds (big inputs, deep hypothesis runs), and child processes
+_TEST_TIERS = {
+    "test_deep_nesting": ("slow",),
+    "test_a_big_ledger_gives_a_bounded_page": ("slow",),
+    "test_csv_and_yaml_round_trip": ("slow",),
+    "test_late_first_values_still_load_beyond_the_first_10mb": ("slow",),
+    "test_a_second_run_on_the_same_ledger_exits_4": ("subprocess", "slow"),
 }
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Give every test a tier: its own mark, else its fixtures', else its file's."""
     for item in items:
-        marks: set[str] = set()
-        if getattr(item, "originalname", item.name) in _SLOW_TESTS:
-            marks.add("slow")
+        marks = set(_TEST_TIERS.get(getattr(item, "originalname", item.name), ()))
         fixtures = getattr(item, "fixturenames", ())
         for name in fixtures:
             marks.update(_FIXTURE_TIERS.get(name, ()))

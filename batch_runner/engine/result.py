@@ -158,9 +158,7 @@ def conclude(
     result = RunResult(
         succeeded=tally.succeeded,
         failed=tally.failed,
-        pending=max(
-            0, in_scope - tally.succeeded - tally.failed - tally.generated
-        ),
+        pending=max(0, in_scope - tally.succeeded - tally.failed - tally.generated),
         submitted=tally.submits,
         retries=tally.retries,
         throttled=tally.throttled,
