@@ -72,6 +72,7 @@ _FILE_TIERS = {
     "test_bench_smoke.py": ("subprocess", "slow"),
     "test_cli.py": ("subprocess", "slow"),
     "test_torture.py": ("subprocess", "slow"),
+    "test_slurm.py": ("subprocess", "slow"),
     "test_ops.py": ("integration",),
     "test_client.py": ("integration",),
     "test_runner.py": ("integration",),
@@ -89,6 +90,11 @@ _TEST_TIERS = {
     "test_csv_and_yaml_round_trip": ("slow",),
     "test_late_first_values_still_load_beyond_the_first_10mb": ("slow",),
     "test_a_second_run_on_the_same_ledger_exits_4": ("subprocess", "slow"),
+    "test_short_key_run_stores_prompts_exactly_and_logs_whole_words": ("integration",),
+    "test_client_redacts_echoed_key_in_errors_and_results": ("integration",),
+    "test_every_run_reading_command_accepts_ledger": ("integration",),
+    "test_status_and_failed_take_the_shard_from_the_environment": ("integration",),
+    "test_bad_paths_exit_2_with_one_line": ("integration",),
 }
 
 

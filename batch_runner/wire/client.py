@@ -191,6 +191,7 @@ class ZImageClient:
         Only the opening and the reading are mapped to ApiErrors: whatever the
         caller raises while it handles the bytes passes through untouched.
         """
+
         async def open_image() -> aiohttp.ClientResponse:
             resp = await self._session.get(
                 target, timeout=self._timeout, max_redirects=MAX_REDIRECTS
@@ -224,7 +225,6 @@ class ZImageClient:
             yield _ResponseBody(resp, self._max_image_bytes)
         finally:
             resp.release()
-
 
     def _scrub(self, exc: ApiError) -> None:
         """Redact the key from an error's message, in place."""
