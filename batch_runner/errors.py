@@ -2,9 +2,11 @@
 
 BatchRunnerError
 ├── UsageError (also ValueError)       an option or argument is invalid: names it
+│   └── MissingExtraError              an option needs an extra that is not installed
 ├── ManifestError (also ValueError)   bad input: file, line, field
 ├── LedgerError                        the ledger cannot be read or written
 ├── RunLockedError                     another run holds the run directory or ledger
+├── TranscodeError                     a downloaded image cannot be re-encoded
 └── ApiError                           anything the API said or failed to say
     ├── TransientApiError              network, 429, 5xx, bad body, 9999: retry
     │   └── TaskNotFoundError          a poll for a taskid the server does not know
@@ -22,6 +24,14 @@ class BatchRunnerError(Exception):
 
 class UsageError(BatchRunnerError, ValueError):
     """An option or argument is invalid (the CLI exits 2); names the option."""
+
+
+class MissingExtraError(UsageError):
+    """An option needs an optional dependency (a pip extra) that is not installed.
+
+    Raised before anything is sent, so the run can be fixed and started again
+    without cost.
+    """
 
 
 class ManifestError(BatchRunnerError, ValueError):
@@ -54,6 +64,10 @@ class LedgerError(BatchRunnerError):
 
 class RunLockedError(BatchRunnerError):
     """Another live process holds the lock on this run directory or its ledger."""
+
+
+class TranscodeError(BatchRunnerError):
+    """A downloaded image cannot be decoded or re-encoded in the asked format."""
 
 
 class ApiError(BatchRunnerError):

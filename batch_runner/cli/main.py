@@ -30,6 +30,7 @@ from batch_runner.exit_codes import ExitCode
 from batch_runner.outputs.report import format_status, run_status, write_failed_csv
 from batch_runner.simulator import app as simulator
 from batch_runner.store.rundir import RunDir
+from batch_runner.store.transcode import DEFAULT_QUALITY, ImageFormat
 from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES
 from batch_runner.wire.urls import check_base_url
 
@@ -170,6 +171,26 @@ def _add_run_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         type=t.positive_int,
         default=DEFAULT_MAX_IMAGE_BYTES,
         help="refuse images larger than this (default 50 MiB)",
+    )
+    add(
+        "--image-format",
+        choices=[f.value for f in ImageFormat],
+        default=ImageFormat.ORIGINAL.value,
+        help="store images as served (original, the default) or re-encoded as "
+        "png, jpeg or webp (needs the images extra: Pillow)",
+    )
+    add(
+        "--quality",
+        type=t.whole_at_least(1, 100),
+        metavar="Q",
+        help=f"jpeg/webp quality 1-100 (default {DEFAULT_QUALITY})",
+    )
+    add(
+        "--max-side",
+        type=t.positive_int,
+        metavar="N",
+        help="downscale so the longer side is at most N pixels, keeping the "
+        "aspect ratio; never upscales (needs the images extra)",
     )
     add(
         "--fsync",

@@ -17,6 +17,7 @@ from batch_runner.engine.run import plan, run_batch_sync
 from batch_runner.engine.sharding import Shard
 from batch_runner.errors import ManifestError, RunLockedError, UsageError
 from batch_runner.exit_codes import ExitCode
+from batch_runner.store.transcode import image_options
 
 log = logging.getLogger("batch_runner")
 
@@ -33,6 +34,10 @@ def run_command(
     """Run (or dry-run) the manifest in `ns`; returns the exit code."""
     try:
         if ns.dry_run:
+            # what the run would refuse, the dry run refuses too
+            image_options(
+                ns.image_format, ns.quality, ns.max_side, download=ns.download
+            )
             the_plan = plan(
                 ns.manifest,
                 out=out_dir,
@@ -62,6 +67,9 @@ def run_command(
             retry_failed=ns.retry_failed,
             download=ns.download,
             max_image_bytes=ns.max_image_bytes,
+            image_format=ns.image_format,
+            quality=ns.quality,
+            max_side=ns.max_side,
             fsync=ns.fsync,
             max_jobs=ns.max_jobs,
             max_failures=ns.max_failures,

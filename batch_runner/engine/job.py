@@ -18,12 +18,14 @@ from typing import Any
 from batch_runner.engine.plan import WorkItem
 from batch_runner.engine.retry import Retrier, next_poll_interval
 from batch_runner.engine.stop import StopReason
+from batch_runner.engine.transcoder import Transcoder
 from batch_runner.errors import (
     ApiError,
     AuthError,
     InsufficientCreditsError,
     LedgerError,
     TaskNotFoundError,
+    TranscodeError,
     TransientApiError,
 )
 from batch_runner.models import JobStatus
@@ -86,6 +88,8 @@ class JobEnv:
     pace_submit: Callable[[], Awaitable[None]] | None = None
     #: the latency of each accepted submit (adaptive concurrency)
     on_submit_latency: Callable[[float], None] | None = None
+    #: re-encodes each download (--image-format/--max-side); None keeps them
+    transcoder: Transcoder | None = None
 
 
 class _SubmitsHalted(Exception):
@@ -360,6 +364,8 @@ class Job:
             files, images = await self._download_all(urls)
         except (AuthError, LedgerError):
             raise
+        except TranscodeError as exc:
+            return await self._fail(str(exc), stage="transcode", urls=urls)
         except (ApiError, OSError) as exc:
             if (
                 self.taskid is None
@@ -398,6 +404,8 @@ class Job:
             files, images = await self._download_all(urls)
         except (AuthError, LedgerError):
             raise
+        except TranscodeError as exc:
+            return await self._fail(str(exc), stage="transcode", urls=urls)
         except (ApiError, OSError) as exc:
             return await self._download_failed(urls, exc)
         return await self._succeed(urls, files, images)
@@ -463,6 +471,22 @@ class Job:
                 what="download",
                 job_id=self.spec.job_id,
             )
+            if env.transcoder is not None:
+                # a TranscodeError is not retried: the same bytes would fail again
+                stored = await env.transcoder.store(saved.path, stem)
+                rel = _relative(stored.path, env.out_dir)
+                files.append(rel)
+                facts: dict[str, Any] = {
+                    "file": rel,
+                    "sha256": stored.sha256,
+                    "bytes": stored.bytes,
+                    "width": stored.width,
+                    "height": stored.height,
+                }
+                if stored.source is not None:
+                    facts["source"] = stored.source.to_json()
+                images.append(facts)
+                continue
             rel = _relative(saved.path, env.out_dir)
             files.append(rel)
             images.append(
@@ -477,8 +501,12 @@ class Job:
         return files, images
 
     async def _save(self, url: str, stem: str) -> SavedImage:
-        async with self._env.api.download(url) as body:
-            return await save_image(body, self._env.images_dir, stem)
+        # with a transcoder, a download lands in its work folder, never under a
+        # final name, until the stored file is complete
+        env = self._env
+        folder = env.transcoder.work_dir if env.transcoder else env.images_dir
+        async with env.api.download(url) as body:
+            return await save_image(body, folder, stem)
 
     # -- failure ---------------------------------------------------------------
 

@@ -22,7 +22,7 @@ class Action(enum.StrEnum):
 
 #: failures after which the server-side task is known to have succeeded, so
 #: --retry-failed fetches it again instead of paying for a new one
-_REFETCH_STAGES = frozenset({"download"})
+_REFETCH_STAGES = frozenset({"download", "transcode"})
 
 
 @dataclass(frozen=True, slots=True)

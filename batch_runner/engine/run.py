@@ -31,6 +31,7 @@ from batch_runner.engine.retry import RetryPolicy
 from batch_runner.engine.runner import Runner, RunOptions
 from batch_runner.engine.runner import RunResult as RunTally
 from batch_runner.engine.sharding import Shard, as_shard
+from batch_runner.engine.transcoder import Transcoder
 from batch_runner.errors import BatchRunnerError, UsageError
 from batch_runner.manifest.items import Jobs, job_source
 from batch_runner.manifest.reader import ManifestSource, iter_jobs, validate_manifest
@@ -39,6 +40,7 @@ from batch_runner.outputs.dataset import write_metadata
 from batch_runner.simulator import app as simulator
 from batch_runner.store.ledger import LedgerWriter, ResumeState, read_ledger
 from batch_runner.store.rundir import RunDir
+from batch_runner.store.transcode import ImageFormatName, ImageOptions, image_options
 from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES, ZImageClient
 from batch_runner.wire.urls import check_base_url
 
@@ -73,6 +75,7 @@ class _Settings:
     mock_generation_time: float
     on_record: OnRecord | None
     handle_signals: bool
+    images: ImageOptions
 
 
 # -- the public calls ------------------------------------------------------------
@@ -97,6 +100,9 @@ async def run_batch(
     retry_failed: bool = False,
     download: bool = True,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    image_format: ImageFormatName = "original",
+    quality: int | None = None,
+    max_side: int | None = None,
     fsync: bool = False,
     max_jobs: int | None = None,
     max_failures: int | None = None,
@@ -123,7 +129,10 @@ async def run_batch(
     `$TENSORSLAB_BASE_URL` or the real API; `mock=True` runs against the
     built-in simulator instead (no key needed). The other keywords are the
     `batch-runner run` options of the same names (`concurrency="auto"` is
-    `--concurrency auto`; `retries` counts retries after the first try).
+    `--concurrency auto`; `retries` counts retries after the first try;
+    `image_format`, `quality` and `max_side` are `--image-format`, `--quality`
+    and `--max-side`, and need the `images` extra unless the format is
+    "original" without `max_side`).
 
     `on_record(record)` is called with a copy of every ledger record as it is
     written, on the event loop (keep it quick); an exception in it is logged
@@ -132,7 +141,8 @@ async def run_batch(
     those in flight, a second signal cancels them. Cancelling the call's task
     cancels the in-flight jobs; the ledger keeps every record written.
 
-    Raises ManifestError (bad job), UsageError (bad keyword value, no key),
+    Raises ManifestError (bad job), UsageError (bad keyword value, no key;
+    MissingExtraError, a UsageError, when Pillow is needed and missing),
     RunLockedError (another run holds `out` or the ledger), LedgerError.
     Slow file work (validation, the metadata index) runs in a worker thread so
     the event loop stays responsive.
@@ -155,6 +165,9 @@ async def run_batch(
         retry_failed=retry_failed,
         download=download,
         max_image_bytes=max_image_bytes,
+        image_format=image_format,
+        quality=quality,
+        max_side=max_side,
         fsync=fsync,
         max_jobs=max_jobs,
         max_failures=max_failures,
@@ -187,6 +200,9 @@ def run_batch_sync(
     retry_failed: bool = False,
     download: bool = True,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    image_format: ImageFormatName = "original",
+    quality: int | None = None,
+    max_side: int | None = None,
     fsync: bool = False,
     max_jobs: int | None = None,
     max_failures: int | None = None,
@@ -226,6 +242,9 @@ def run_batch_sync(
         retry_failed=retry_failed,
         download=download,
         max_image_bytes=max_image_bytes,
+        image_format=image_format,
+        quality=quality,
+        max_side=max_side,
         fsync=fsync,
         max_jobs=max_jobs,
         max_failures=max_failures,
@@ -485,6 +504,13 @@ async def _execute(
             LedgerWriter(s.run_dir.attempts, fsync=s.fsync)
         )
         s.run_dir.remove_partial_downloads()
+        transcoder = (
+            await stack.enter_async_context(
+                Transcoder(s.images, s.run_dir.images, work_dir=s.run_dir.incoming)
+            )
+            if s.images.transcodes
+            else None
+        )
         progress: Progress = (
             TqdmProgress(counts.in_scope)
             if s.progress and counts.in_scope
@@ -500,6 +526,7 @@ async def _execute(
             progress=progress,
             attempt_log=attempt_log,
             run_id=f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",
+            transcoder=transcoder,
         )
         if s.handle_signals:
             stack.enter_context(_stop_on_signals(runner))
@@ -588,6 +615,9 @@ def _settings(
     retry_failed: bool,
     download: bool,
     max_image_bytes: int,
+    image_format: ImageFormatName,
+    quality: int | None,
+    max_side: int | None,
     fsync: bool,
     max_jobs: int | None,
     max_failures: int | None,
@@ -619,6 +649,8 @@ def _settings(
     _check_float("mock_generation_time", mock_generation_time, low=0.0)
     if on_record is not None and not callable(on_record):
         raise UsageError(f"on_record must be callable, got {on_record!r}")
+    # before the key: a missing extra is the first thing to fix
+    images = image_options(image_format, quality, max_side, download=download)
     key, url = _where_to_send(api_key, base_url, mock)
     options = RunOptions(
         concurrency=max_concurrency if adaptive else int(concurrency),
@@ -649,6 +681,7 @@ def _settings(
         mock_generation_time=mock_generation_time,
         on_record=on_record,
         handle_signals=handle_signals,
+        images=images,
     )
 
 

@@ -20,6 +20,7 @@ from batch_runner.engine.plan import WorkItem
 from batch_runner.engine.progress import NullProgress, Progress
 from batch_runner.engine.retry import Retrier, RetryDetails, RetryPolicy
 from batch_runner.engine.stop import PHASE_FOR, Phase, StopReason, stronger
+from batch_runner.engine.transcoder import Transcoder
 from batch_runner.store.ledger import LedgerWriter
 from batch_runner.wire.api import Api
 
@@ -119,6 +120,7 @@ class Runner:
         rng: random.Random | None = None,
         attempt_log: LedgerWriter | None = None,
         run_id: str = "",
+        transcoder: Transcoder | None = None,
     ) -> None:
         self._opt = options
         self._images_dir = images_dir or out_dir / "images"
@@ -151,6 +153,7 @@ class Runner:
             may_submit=self._may_submit,
             pace_submit=self._pace_submit if self._rate is not None else None,
             on_submit_latency=self._submit_latency if self._aimd else None,
+            transcoder=transcoder,
         )
         self._phase = Phase.RUNNING
         self._inflight: set[asyncio.Task[None]] = set()

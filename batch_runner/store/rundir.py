@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, TextIO, overload
@@ -20,6 +21,9 @@ ATTEMPTS_NAME = "attempts.jsonl"
 METADATA_NAME = "metadata.jsonl"
 IMAGES_NAME = "images"
 GALLERY_NAME = "index.html"
+#: under images/: downloads waiting to be re-encoded (no job id contains "/",
+#: so no image is ever named this)
+INCOMING_NAME = ".incoming"
 
 
 class RunDir:
@@ -66,6 +70,11 @@ class RunDir:
         return self.root / IMAGES_NAME
 
     @property
+    def incoming(self) -> Path:
+        """Where downloads wait for --image-format/--max-side to re-encode them."""
+        return self.images / INCOMING_NAME
+
+    @property
     def gallery(self) -> Path:
         return self.root / GALLERY_NAME
 
@@ -87,10 +96,12 @@ class RunDir:
             return stack.pop_all()
 
     def remove_partial_downloads(self) -> None:
-        """`.part` files are downloads a crash interrupted; their jobs fetch again."""
+        """`.part` files are downloads a crash interrupted; their jobs fetch again.
+        So is whatever a crash left waiting to be re-encoded."""
         if self.images.is_dir():
             for part in self.images.glob(".*.part"):
                 part.unlink(missing_ok=True)
+            shutil.rmtree(self.incoming, ignore_errors=True)
 
 
 def ledger_lock(ledger: Path) -> FileLock:
