@@ -101,3 +101,38 @@ def test_scale_files_match_the_runner(tmp_path: Path) -> None:
         "status --json",
     ]
     assert res["ledger_lines"] == 40
+
+
+def test_transcode_bench_reports_every_setting_and_pool(tmp_path: Path) -> None:
+    """bench_transcode.py runs on a small image and reports every setting and
+    every way of running the pool."""
+    out = tmp_path / "transcode.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "bench_transcode.py"),
+            "--rounds",
+            "1",
+            "--batch",
+            "2",
+            "--side",
+            "96",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["ms_per_image"]) == set(report["stored_bytes"])
+    assert len(report["ms_per_image"]) == 6
+    assert set(report["pools"]) == {
+        "no re-encoding (baseline stall)",
+        "inline on the loop",
+        "thread pool",
+        "process pool",
+    }
+    assert all(run["images_per_s"] > 0 for name, run in report["pools"].items()
+               if name != "no re-encoding (baseline stall)")  # fmt: skip

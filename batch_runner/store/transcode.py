@@ -257,7 +257,11 @@ def transcode_bytes(
                 )
             # a camera-style orientation tag (2-8) would be lost in re-encoding,
             # so the pixels are turned upright first; 5-8 swap width and height
-            orientation = opened.getexif().get(_ORIENTATION, 1)
+            # (only when the header had EXIF: PNG's getexif() decodes the
+            # whole image looking for a chunk after the pixels)
+            orientation = (
+                opened.getexif().get(_ORIENTATION, 1) if "exif" in opened.info else 1
+            )
             rotated = orientation in range(2, 9)
             upright = (
                 (opened.height, opened.width)
