@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import aiohttp
@@ -19,7 +20,7 @@ from batch_runner.engine.plan import Action, WorkItem, decide
 from batch_runner.engine.runner import Runner
 from batch_runner.engine.transcoder import WORK_DIR_NAME, Transcoder
 from batch_runner.models import JobSpec
-from batch_runner.outputs.dataset import write_metadata
+from batch_runner.outputs.dataset import export_webdataset, write_metadata
 from batch_runner.store.ledger import LedgerWriter, read_ledger
 from batch_runner.store.transcode import ImageFormat, ImageOptions
 from batch_runner.wire.client import DownloadedFile, ZImageClient
@@ -221,6 +222,12 @@ def test_cli_stores_webp_and_metadata_points_at_it(
             assert image.format == "WEBP" and max(image.size) <= 64
             assert image.size == (row["width"], row["height"])
     assert not (out / "images" / WORK_DIR_NAME).exists()
+    shards = export_webdataset(out, tmp_path / "wds", 100)
+    with tarfile.open(shards[0]) as tar:
+        names = tar.getnames()
+    assert sorted(n for n in names if not n.endswith(".json")) == sorted(
+        Path(row["file_name"]).stem.replace(".", "%2E") + ".webp" for row in rows
+    )
 
 
 @pytest.mark.parametrize(

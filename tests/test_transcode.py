@@ -226,6 +226,20 @@ def test_files_already_as_asked_are_kept_byte_for_byte() -> None:
     assert again is not None and len(again) < len(source)
 
 
+def test_an_image_kept_as_served_is_never_decoded() -> None:
+    """Keeping a served PNG reads only its header: a PNG whose pixel data is cut
+    short is still stored as served (PNG's getexif() would decode it all)."""
+    whole = encode(Image.effect_noise((256, 256), 50).convert("RGB"), "PNG")
+    cut = whole[: len(whole) // 2]
+    kept, ext, width, height, facts = transcode_bytes(
+        cut, ImageOptions(ImageFormat.PNG, max_side=256)
+    )
+    assert kept is None and ext == ".png" and (width, height) == (256, 256)
+    assert facts.bytes == len(cut)
+    with pytest.raises(TranscodeError):
+        transcode_bytes(cut, ImageOptions(ImageFormat.JPEG))
+
+
 def test_exif_orientation_is_applied_before_the_tag_is_lost() -> None:
     """A JPEG tagged "rotate 90" is stored upright: width and height swap."""
     exif = Image.Exif()
