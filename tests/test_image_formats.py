@@ -134,6 +134,23 @@ async def test_each_format_is_stored_downscaled_and_described(
         )
 
 
+async def test_several_images_per_task_are_each_stored(
+    sim: SimFactory, tmp_path: Path
+) -> None:
+    """A task with two images stores `<id>-0.jpg` and `<id>-1.jpg`, each with
+    its own facts and source."""
+    server = await sim(images_per_task=2)
+    await run_with(server.url, tmp_path, ImageOptions(ImageFormat.JPEG), [WIDE])
+    record = final_states(tmp_path / "ledger.jsonl")["wide"]
+    assert record["files"] == ["images/wide-0.jpg", "images/wide-1.jpg"]
+    assert len(record["url"]) == 2
+    for facts in record["images"]:
+        data = (tmp_path / facts["file"]).read_bytes()
+        assert facts["sha256"] == hashlib.sha256(data).hexdigest()
+        assert facts["source"]["format"] == "png"
+    assert record["images"][0]["sha256"] != record["images"][1]["sha256"]
+
+
 class Corrupting:
     """Downloads for real, then truncates the file: a served image Pillow cannot
     decode although its magic bytes look right."""
@@ -307,8 +324,12 @@ def test_without_pillow_exit_2_naming_the_extra_and_nothing_sent(
 
 def test_without_pillow_the_default_stores_images_as_served(tmp_path: Path) -> None:
     """`original` without --max-side needs no Pillow: the run succeeds and the
-    stored bytes are exactly the served ones."""
+    stored bytes are exactly the served ones; what a crashed transcoding run
+    left in the work folder is cleared."""
     out = tmp_path / "run"
+    leftover = out / "images" / WORK_DIR_NAME / "job.png"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a download")
     res = run_without_pillow(
         [
             str(ROOT / "sample_jobs.yaml"),
@@ -324,3 +345,4 @@ def test_without_pillow_the_default_stores_images_as_served(tmp_path: Path) -> N
     records = [r for r in ledger_records(out / "ledger.jsonl") if "images" in r]
     assert records and all("source" not in r["images"][0] for r in records)
     assert all(r["images"][0]["file"].endswith(".png") for r in records)
+    assert not leftover.parent.exists()

@@ -216,6 +216,20 @@ def test_original_with_max_side_reencodes_in_the_served_format() -> None:
     assert decode(data).format == "JPEG" and facts.format == "jpg"
 
 
+def test_a_multi_frame_jpeg_is_written_back_as_jpeg() -> None:
+    """Pillow reads a JPEG with extra frames as MPO; `original --max-side` still
+    writes it as a plain JPEG, and its source format is jpg."""
+    source = encode(
+        gradient(200, 100), "MPO", save_all=True, append_images=[gradient(200, 100)]
+    )
+    assert decode(source).format == "MPO"
+    data, ext, width, height, facts = transcode_bytes(
+        source, ImageOptions(max_side=100)
+    )
+    assert data is not None and ext == ".jpg" and (width, height) == (100, 50)
+    assert decode(data).format == "JPEG" and facts.format == "jpg"
+
+
 def test_files_already_as_asked_are_kept_byte_for_byte() -> None:
     """Same format and small enough: stored as served (a lossy re-encode would
     only lose quality), unless a --quality was asked for explicitly."""

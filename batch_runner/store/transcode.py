@@ -45,7 +45,11 @@ _EXTENSIONS: Mapping[str, str] = {
     "GIF": ".gif",
     "BMP": ".bmp",
     "AVIF": ".avif",
+    # a JPEG with extra frames (camera previews); Pillow opens it as MPO
+    "MPO": ".jpg",
 }
+#: formats Pillow reads under their own name but that are written as another
+_WRITTEN_AS: Mapping[str, str] = {"MPO": "JPEG"}
 _PILLOW_NAMES: Mapping[ImageFormat, str] = {
     ImageFormat.PNG: "PNG",
     ImageFormat.JPEG: "JPEG",
@@ -250,7 +254,8 @@ def transcode_bytes(
                 width=opened.width,
                 height=opened.height,
             )
-            target = _PILLOW_NAMES.get(options.format, source_format)
+            served = _WRITTEN_AS.get(source_format, source_format)
+            target = _PILLOW_NAMES.get(options.format, served)
             if target not in _EXTENSIONS:
                 raise TranscodeError(
                     f"cannot write {source_format or 'unknown'} images"
@@ -269,7 +274,7 @@ def transcode_bytes(
                 else opened.size
             )
             size = fit_within(upright[0], upright[1], options.max_side)
-            unchanged = target == source_format and size == opened.size and not rotated
+            unchanged = target == served and size == opened.size and not rotated
             if unchanged and (target not in _LOSSY or options.quality is None):
                 # nothing to change: a lossy re-encode would only lose quality
                 return None, _EXTENSIONS[target], size[0], size[1], source
