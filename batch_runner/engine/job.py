@@ -476,16 +476,7 @@ class Job:
                 stored = await env.transcoder.store(saved.path, stem)
                 rel = _relative(stored.path, env.out_dir)
                 files.append(rel)
-                facts: dict[str, Any] = {
-                    "file": rel,
-                    "sha256": stored.sha256,
-                    "bytes": stored.bytes,
-                    "width": stored.width,
-                    "height": stored.height,
-                }
-                if stored.source is not None:
-                    facts["source"] = stored.source.to_json()
-                images.append(facts)
+                images.append(stored.facts(rel))
                 continue
             rel = _relative(saved.path, env.out_dir)
             files.append(rel)

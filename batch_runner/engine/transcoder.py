@@ -50,6 +50,19 @@ class StoredImage:
     #: the image as served, when the stored file is a re-encoding of it
     source: SourceFacts | None
 
+    def facts(self, file: str) -> dict[str, object]:
+        """The ledger's `images` entry; `file` is the path relative to the run."""
+        entry: dict[str, object] = {
+            "file": file,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "width": self.width,
+            "height": self.height,
+        }
+        if self.source is not None:
+            entry["source"] = self.source.to_json()
+        return entry
+
 
 class Transcoder:
     """Turns downloaded files into stored ones in a pool sized to the cores.
