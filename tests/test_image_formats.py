@@ -10,11 +10,13 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from PIL import Image
 
+from batch_runner import MissingExtraError, UsageError, records, run_batch_sync
 from batch_runner.cli.main import main
 from batch_runner.engine.plan import Action, WorkItem, decide
 from batch_runner.engine.runner import Runner
@@ -259,6 +261,7 @@ def test_cli_stores_webp_and_metadata_points_at_it(
             ["--image-format", "jpeg", "--no-download"],
             "cannot be combined with --no-download",
         ),
+        (["--dry-run", "--quality", "9"], "--quality needs"),
     ],
 )
 def test_bad_image_flags_exit_2_before_anything_runs(
@@ -276,6 +279,66 @@ def test_bad_image_flags_exit_2_before_anything_runs(
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not out.exists()
+
+
+# -- the library -----------------------------------------------------------------
+
+
+def test_run_batch_sync_takes_the_image_keywords(tmp_path: Path) -> None:
+    """`run_batch_sync(..., image_format="jpeg", quality=70, max_side=48)` stores
+    JPEGs no larger than 48 pixels, as the CLI flags do."""
+    result = run_batch_sync(
+        ["a lighthouse at dawn", {"prompt": "a fox", "resolution": "16:9"}],
+        out=tmp_path / "run",
+        mock=True,
+        mock_generation_time=0.0,
+        poll_interval=0.02,
+        image_format="jpeg",
+        quality=70,
+        max_side=48,
+    )
+    assert result.succeeded == 2 and result.ok
+    for record in records(tmp_path / "run"):
+        facts = record["images"][0]
+        assert (
+            facts["file"].endswith(".jpg")
+            and max(facts["width"], facts["height"]) <= 48
+        )
+        with Image.open(tmp_path / "run" / facts["file"]) as image:
+            assert image.format == "JPEG"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"image_format": "tiff"}, "--image-format must be one of"),
+        ({"image_format": "png", "quality": 50}, "--quality applies to jpeg"),
+        ({"max_side": 0}, "--max-side must be >= 1"),
+        ({"image_format": "webp", "download": False}, "--no-download"),
+    ],
+)
+def test_bad_image_keywords_raise_usage_error(
+    tmp_path: Path, kwargs: dict[str, Any], message: str
+) -> None:
+    """Bad image keywords are UsageErrors raised before any run directory exists."""
+    with pytest.raises(UsageError, match=message):
+        run_batch_sync(["x"], out=tmp_path / "run", mock=True, **kwargs)
+    assert not (tmp_path / "run").exists()
+
+
+def test_library_without_pillow_raises_missing_extra_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Pillow hidden, an image option raises MissingExtraError (a UsageError)
+    naming the extra, and `original` without max_side still runs."""
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(MissingExtraError, match=r"zimage-batch-runner\[images\]"):
+        run_batch_sync(["x"], out=tmp_path / "run", mock=True, max_side=64)
+    assert not (tmp_path / "run").exists()
+    result = run_batch_sync(
+        ["x"], out=tmp_path / "run", mock=True, mock_generation_time=0.0
+    )
+    assert result.succeeded == 1
 
 
 #: runs the CLI with Pillow hidden, as if the `images` extra were not installed
