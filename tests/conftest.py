@@ -79,6 +79,8 @@ _FILE_TIERS = {
     "test_simulator.py": ("integration",),
     "test_engine_defects.py": ("integration",),
     "test_library.py": ("integration",),
+    # the CLI on --mock; the tests without Pillow run as child processes
+    "test_image_formats.py": ("integration",),
 }
 
 

@@ -3,6 +3,7 @@ each format, decoded back with Pillow, checked against the ledger and metadata."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -25,7 +26,10 @@ from batch_runner.models import JobSpec
 from batch_runner.outputs.dataset import export_webdataset, write_metadata
 from batch_runner.store.ledger import LedgerWriter, read_ledger
 from batch_runner.store.transcode import ImageFormat, ImageOptions
-from batch_runner.wire.client import DownloadedFile, ZImageClient
+from batch_runner.wire.api import Api
+from batch_runner.wire.client import ZImageClient
+from batch_runner.wire.fake import FakeAnswer, FakeApi, FakeRequest
+from batch_runner.wire.protocol import PollResult, SubmitResult
 
 from .conftest import KEY, SimFactory
 from .procs import final_states, ledger_records, runner_env, standalone_simulator
@@ -45,24 +49,20 @@ async def run_with(
     out: Path,
     options: ImageOptions,
     jobs: list[JobSpec | WorkItem],
-    api: object = None,
+    api: Api | None = None,
 ) -> None:
-    async with aiohttp.ClientSession() as session:
-        client = ZImageClient(session, url, KEY, request_timeout=5)
-        async with (
-            LedgerWriter(out / "ledger.jsonl") as ledger,
-            Transcoder(options, out / "images") as transcoder,
-        ):
-            runner = Runner(
-                api or client,  # type: ignore[arg-type]
-                ledger,
-                FAST,
-                out_dir=out,
-                transcoder=transcoder,
-            )
-            await runner.run(
-                [j if isinstance(j, WorkItem) else WorkItem(j) for j in jobs]
-            )
+    """Run `jobs` through a Runner with a Transcoder, against the simulator at
+    `url` or against `api`."""
+    async with contextlib.AsyncExitStack() as stack:
+        if api is None:
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            api = ZImageClient(session, url, KEY, request_timeout=5)
+        ledger = await stack.enter_async_context(LedgerWriter(out / "ledger.jsonl"))
+        transcoder = await stack.enter_async_context(
+            Transcoder(options, out / "images")
+        )
+        runner = Runner(api, ledger, FAST, out_dir=out, transcoder=transcoder)
+        await runner.run([j if isinstance(j, WorkItem) else WorkItem(j) for j in jobs])
 
 
 def check_stored(out: Path, record: dict[str, object], pillow: str, ext: str) -> None:
@@ -153,57 +153,48 @@ async def test_several_images_per_task_are_each_stored(
     assert record["images"][0]["sha256"] != record["images"][1]["sha256"]
 
 
-class Corrupting:
-    """Downloads for real, then truncates the file: a served image Pillow cannot
-    decode although its magic bytes look right."""
-
-    def __init__(self, inner: ZImageClient) -> None:
-        self.inner = inner
-
-    async def submit(self, job: JobSpec) -> object:
-        return await self.inner.submit(job)
-
-    async def poll(self, taskid: str) -> object:
-        return await self.inner.poll(taskid)
-
-    async def download(self, url: str, images_dir: Path, stem: str) -> DownloadedFile:
-        got = await self.inner.download(url, images_dir, stem)
-        got.path.write_bytes(got.path.read_bytes()[:64])
-        return got
+def served_png(side: int = 64) -> bytes:
+    out = io.BytesIO()
+    Image.effect_noise((side, side), 50).convert("RGB").save(out, format="PNG")
+    return out.getvalue()
 
 
+@pytest.mark.pure
 async def test_undecodable_image_fails_at_transcode_and_is_refetched(
-    sim: SimFactory, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
-    """An image Pillow cannot decode fails the job at stage `transcode` keeping
-    its taskid and URL, leaves no file, and --retry-failed fetches it again
-    from the taskid instead of paying for a new task."""
-    server = await sim()
-    async with aiohttp.ClientSession() as session:
-        client = ZImageClient(session, server.url, KEY, request_timeout=5)
-        await run_with(
-            server.url,
-            tmp_path,
-            ImageOptions(ImageFormat.JPEG),
-            [WIDE],
-            api=Corrupting(client),
-        )
+    """An image Pillow cannot decode (PNG magic, cut short) fails the job at stage
+    `transcode` keeping its taskid and URL, leaves no file, and --retry-failed
+    fetches it again from the taskid instead of paying for a new task."""
+    good = served_png()
+    served = [good[:100], good]
+
+    def handler(request: FakeRequest) -> FakeAnswer:
+        if request.kind == "submit":
+            return SubmitResult("t1", (), 1000, "ok")
+        if request.kind == "poll":
+            return PollResult(3, ("mem://t1_0.png",), "", 1000, "ok")
+        return served.pop(0)
+
+    api = FakeApi(handler)
+    await run_with("", tmp_path, ImageOptions(ImageFormat.JPEG), [WIDE], api=api)
     record = final_states(tmp_path / "ledger.jsonl")["wide"]
     assert record["status"] == "failed" and record["stage"] == "transcode"
-    assert record["taskid"] and record["url"]
+    assert record["taskid"] == "t1" and record["url"] == ["mem://t1_0.png"]
     assert "cannot re-encode image" in record["msg"]
     assert list((tmp_path / "images").iterdir()) == []
     state = read_ledger(tmp_path / "ledger.jsonl")
-    assert decide(WIDE, state, retry_failed=True) == (Action.POLL, record["taskid"])
+    assert decide(WIDE, state, retry_failed=True) == (Action.POLL, "t1")
     await run_with(
-        server.url,
+        "",
         tmp_path,
         ImageOptions(ImageFormat.JPEG),
-        [WorkItem(WIDE, record["taskid"])],
+        [WorkItem(WIDE, "t1")],
+        api=api,
     )
     again = final_states(tmp_path / "ledger.jsonl")["wide"]
     assert again["status"] == "succeeded" and again["files"] == ["images/wide.jpg"]
-    assert server.state.stats.tasks_created == 1
+    assert api.count("submit") == 1 and api.count("download") == 2
 
 
 # -- the CLI ---------------------------------------------------------------------
@@ -358,6 +349,7 @@ def run_without_pillow(args: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "flags",
     [["--image-format", "jpeg"], ["--max-side", "512"], ["--image-format", "png"]],
@@ -385,6 +377,7 @@ def test_without_pillow_exit_2_naming_the_extra_and_nothing_sent(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.subprocess
 def test_without_pillow_the_default_stores_images_as_served(tmp_path: Path) -> None:
     """`original` without --max-side needs no Pillow: the run succeeds and the
     stored bytes are exactly the served ones; what a crashed transcoding run

@@ -296,7 +296,9 @@ def test_transcode_file_writes_the_temp_or_keeps_the_source(tmp_path: Path) -> N
 # -- the pool --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pool", ["thread", "process"])
+@pytest.mark.parametrize(
+    "pool", ["thread", pytest.param("process", marks=pytest.mark.subprocess)]
+)
 async def test_transcoder_stores_through_either_pool(tmp_path: Path, pool: str) -> None:
     """Thread and process pools both put the re-encoded file in images/ and
     leave no work folder behind."""
