@@ -31,6 +31,7 @@ from batch_runner.outputs.dataset import (
     write_metadata,
 )
 from batch_runner.simulator.png import render_png
+from batch_runner.store.images import image_stem
 from batch_runner.store.ledger import encode_record, latest_records, make_record
 
 FAST = ["--no-progress", "--poll-interval", "0.02", "--mock-generation-time", "0.01"]
@@ -84,13 +85,17 @@ class FakeRun:
         legacy: bool = False,
         size: tuple[int, int] = (16, 8),
         variant: int = 0,
+        old_names: bool = False,
     ) -> dict[str, Any]:
-        """Write the job's images (content depends on `variant`) and its record."""
+        """Write the job's images (content depends on `variant`) and its record;
+        `old_names` numbers several images `<id>-<k>` as run dirs once did."""
         job = JobSpec(job_id, prompt, "1:1", seed, None, dict(meta or {}))
         files: list[str] = []
         images: list[dict[str, Any]] = []
         for i in range(count):
-            stem = job_id if count == 1 else f"{job_id}-{i}"
+            stem = image_stem(job_id, i, count)
+            if old_names and count > 1:
+                stem = f"{job_id}-{i}"
             rel = f"images/{stem}.png"
             data = render_png(prompt, variant, i, *size)
             (self.dir / rel).write_bytes(data)
@@ -419,7 +424,7 @@ def test_export_webdataset_samples_keys_and_shards(tmp_path: Path) -> None:
         assert sample == {
             "job_id": record["job_id"],
             "prompt": record["prompt"],
-            "prompt_extend": False,
+            "prompt_extend": None,
             "seed": record["seed"],
             "resolution": "1:1",
             "width": 16,

@@ -17,7 +17,7 @@ import pytest
 
 from batch_runner.errors import LedgerError
 from batch_runner.models import JobSpec, JobStatus
-from batch_runner.outputs import gallery
+from batch_runner.outputs.gallery import page as gallery
 from batch_runner.outputs.gallery import write_gallery
 from batch_runner.store.ledger import encode_record, make_record
 
@@ -631,3 +631,91 @@ def test_gallery_renders_and_filters_in_chromium(
     shot = run / "gallery-screenshot.png"
     shot.write_bytes(full_page_png(browser))
     assert shot.read_bytes().startswith(b"\x89PNG")
+
+
+# -- one rule for safe paths, assets as package data -----------------------------
+
+
+def test_gallery_shows_exactly_the_files_the_dataset_exports(tmp_path: Path) -> None:
+    """The gallery and metadata.jsonl agree on every path, odd ones included:
+    one function decides which ledger paths are safe."""
+    from urllib.parse import unquote
+
+    from batch_runner.outputs.dataset import write_metadata
+
+    run = tmp_path / "run"
+    (run / "images").mkdir(parents=True)
+    paths = [
+        "images/ok.png",
+        "images/./dot.png",
+        "images//double.png",
+        "C:drive.png",
+        "images\\back.png",
+        "images/a:b.png",
+    ]
+    for path in [*paths, "images/back.png", "images/dot.png", "images/double.png"]:
+        (run / path).write_bytes(b"\x89PNG fake")
+    records = [
+        make_record(job(f"j{i}"), JobStatus.SUCCEEDED, taskid="t", files=[p])
+        for i, p in enumerate(paths)
+    ]
+    write_ledger(run, records)
+    shown = {unquote(i.attrs["src"]) for i in parse(write_gallery(run)).all("img")}
+    write_metadata(run)
+    rows = (run / "metadata.jsonl").read_text().splitlines()
+    exported = {json.loads(row)["file_name"] for row in rows}
+    assert shown == exported == {"images/ok.png", "images/dot.png", "images/double.png"}
+
+
+def test_css_and_js_are_package_data_used_verbatim(mixed_run: Path) -> None:
+    """The page inlines gallery.css and gallery.js, read as package resources."""
+    from importlib.resources import files
+
+    assets = files("batch_runner.outputs.gallery")
+    css = assets.joinpath("gallery.css").read_text(encoding="utf-8")
+    js = assets.joinpath("gallery.js").read_text(encoding="utf-8")
+    assert "grid-template-columns" in css and "addEventListener" in js
+    doc = parse(write_gallery(mixed_run))
+    assert doc.one("style").raw_text() == css
+    assert doc.one("script").raw_text() == js
+
+
+def test_a_built_wheel_ships_the_gallery_assets(tmp_path: Path) -> None:
+    """`pip wheel` of the project (a non-editable install's contents) includes
+    gallery.css and gallery.js beside the gallery code."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    src = tmp_path / "src"
+    shutil.copytree(
+        root / "batch_runner",
+        src / "batch_runner",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for asset in ("gallery.css", "gallery.js"):
+        assert f"batch_runner/outputs/gallery/{asset}" in names
+    assert "batch_runner/outputs/gallery/__init__.py" in names

@@ -8,8 +8,11 @@ import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from batch_runner.errors import PermanentApiError
+from batch_runner.manifest.identity import validate_job_id
 from batch_runner.store.images import (
     image_size,
     image_stem,
@@ -77,6 +80,60 @@ async def test_large_image_streams_and_junk_leaves_nothing(tmp_path: Path) -> No
 
 
 def test_image_stems() -> None:
-    """One image is named after the job; several are numbered from 0."""
+    """One image is named after the job; several are numbered from 0 after a "~",
+    which no job id contains."""
     assert image_stem("a", 0, 1) == "a"
-    assert [image_stem("a", k, 3) for k in range(3)] == ["a-0", "a-1", "a-2"]
+    assert [image_stem("a", k, 3) for k in range(3)] == ["a~0", "a~1", "a~2"]
+
+
+_IDS = st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True).filter(
+    lambda s: s not in (".", "..")
+)
+
+
+@given(
+    a=st.tuples(_IDS, st.integers(0, 3), st.integers(1, 4)),
+    b=st.tuples(_IDS, st.integers(0, 3), st.integers(1, 4)),
+)
+def test_image_stems_of_different_jobs_never_collide(
+    a: tuple[str, int, int], b: tuple[str, int, int]
+) -> None:
+    """Two different jobs (any valid ids, any image counts) never share a file name,
+    whatever the image: job "x" with two images and job "x-0" included."""
+    (id_a, k_a, n_a), (id_b, k_b, n_b) = a, b
+    validate_job_id(id_a)
+    validate_job_id(id_b)
+    k_a, k_b = k_a % n_a, k_b % n_b
+    if id_a != id_b:
+        assert image_stem(id_a, k_a, n_a) != image_stem(id_b, k_b, n_b)
+    assert image_stem("x", 0, 2) != image_stem("x-0", 0, 1)
+
+
+def test_a_name_an_old_run_dir_gave_another_job_is_not_reused() -> None:
+    """In a run dir from before "~" names, job "x" may own `x-0.png`: job "x-0"
+    then gets a name of its own instead of replacing that file."""
+    legacy = {"x-0": "x", "x-1": "x"}
+    assert image_stem("x-0", 0, 1, legacy) == "x-0~0"
+    assert image_stem("x-0", 0, 1, {"x-0": "x-0"}) == "x-0"
+    assert image_stem("x-2", 0, 1, legacy) == "x-2"
+    assert image_stem("x", 1, 2, legacy) == "x~1"
+
+
+def test_jpeg_size_skips_fill_bytes_before_a_marker() -> None:
+    """Any number of 0xFF fill bytes may precede a JPEG marker (T.81 B.1.1.2)."""
+    plain = jpeg(300, 200)
+    filled = plain[:2] + b"\xff\xff\xff" + plain[2:20] + b"\xff\xff" + plain[20:]
+    assert image_size(filled) == (300, 200)
+
+
+def test_jpeg_size_steps_over_standalone_markers() -> None:
+    """RSTn and TEM markers carry no length; the frame header after them is found."""
+    plain = jpeg(64, 48)
+    assert image_size(plain[:2] + b"\xff\xd0\xff\x01" + plain[2:]) == (64, 48)
+
+
+def test_jpeg_size_of_truncated_or_junk_data_is_none() -> None:
+    """A JPEG cut before its frame header, or junk after the SOI, gives None."""
+    assert image_size(jpeg(10, 10)[:20]) is None
+    assert image_size(b"\xff\xd8" + b"\x00" * 40) is None
+    assert image_size(b"\xff\xd8" + b"\xff" * 40) is None

@@ -40,7 +40,9 @@ def test_record_carries_the_whole_job() -> None:
     )
     assert r["job_id"] == "j1" and r["status"] == "succeeded"
     assert r["prompt"] == "a cat" and r["resolution"] == "16:9"
-    assert r["seed"] == 3 and r["prompt_extend"] is False and r["meta"] == {"k": "v"}
+    assert r["seed"] == 3 and r["meta"] == {"k": "v"}
+    # never set, so never sent: null, not false
+    assert r["prompt_extend"] is None
     assert r["url"] == ["u"] and r["files"] == ["images/j1.png"]
     assert r["ts"].endswith("+00:00")
     assert set(r) >= {"job_id", "status", "taskid", "url", "code", "msg", "ts"}

@@ -66,9 +66,18 @@ def test_merge_two_cli_shards_is_their_union_and_idempotent(tmp_path: Path) -> N
     assert (report.images_copied, report.images_missing) == (5, 0)
     assert report.inputs == (a, b)
     merged = list(iter_records(out / "ledger.jsonl"))
-    assert {r["job_id"]: r for r in merged} == finals
-    assert len(merged) == len(finals)
-    for record in merged:
+    # the inputs' submit outcomes (the audit trail), then one record per job
+    history, deciding = merged[: -len(finals)], merged[-len(finals) :]
+    assert {r["job_id"]: r for r in deciding} == finals
+    assert len(deciding) == len(finals)
+    assert history and all(r["status"] == "submitted" for r in history)
+    assert all("attempts" in r for r in history)
+    attempts = (out / "attempts.jsonl").read_bytes()
+    assert (
+        attempts
+        == (a / "attempts.jsonl").read_bytes() + (b / "attempts.jsonl").read_bytes()
+    )
+    for record in deciding:
         source = b if record["job_id"] in ("b1", "b2") else a
         for file in record.get("files", []):
             assert os.path.samefile(out / file, source / file)
@@ -159,13 +168,16 @@ def test_succeeded_wins_over_failed_and_submitted(
 
 
 def test_existing_file_with_other_content_is_a_conflict(tmp_path: Path) -> None:
-    """A file already in OUT_DIR with other bytes is refused before any write."""
-    a = FakeRun(tmp_path / "a")
+    """A file already in OUT_DIR (an earlier merge's) with other bytes is refused
+    before any write."""
+    a, z = FakeRun(tmp_path / "a"), FakeRun(tmp_path / "z")
     a.succeed("first")
     a.succeed("clash")
+    z.succeed("earlier")
     out = tmp_path / "out"
-    (out / "images").mkdir(parents=True)
+    merge_runs(out, [z.dir])
     (out / "images" / "clash.png").write_bytes(b"something else")
+    before = snapshot(out)
     with pytest.raises(MergeConflictError, match=r"clash\.png") as caught:
         merge_runs(out, [a.dir])
     assert (caught.value.job_id, caught.value.first, caught.value.second) == (
@@ -173,13 +185,14 @@ def test_existing_file_with_other_content_is_a_conflict(tmp_path: Path) -> None:
         a.dir,
         out,
     )
-    assert sorted(snapshot(out)) == ["images/clash.png"]
+    assert snapshot(out) == before
 
 
 def test_two_jobs_claiming_one_file_name_conflict(tmp_path: Path) -> None:
-    """Job "x" with two images and job "x-0" both write images/x-0.png: refused."""
+    """In run dirs from before "~" names, job "x" with two images and job "x-0"
+    both own images/x-0.png: refused."""
     a, b = FakeRun(tmp_path / "a"), FakeRun(tmp_path / "b")
-    a.succeed("x", count=2)
+    a.succeed("x", count=2, old_names=True)
     b.succeed("x-0", "other")
     with pytest.raises(MergeConflictError, match=r"x-0\.png"):
         merge_runs(tmp_path / "out", [a.dir, b.dir])
@@ -214,7 +227,7 @@ def test_images_are_copied_when_hardlinks_fail(
     monkeypatch.setattr(os, "link", cross_device)
     report = merge_runs(tmp_path / "out", [a.dir])
     assert report.images_copied == 2
-    for name in ("j-0.png", "j-1.png"):
+    for name in ("j~0.png", "j~1.png"):
         copy, source = tmp_path / "out" / "images" / name, a.dir / "images" / name
         assert copy.read_bytes() == source.read_bytes()
         assert not os.path.samefile(copy, source)
@@ -250,3 +263,112 @@ def test_equal_duplicate_with_its_file_on_disk_is_preferred(tmp_path: Path) -> N
     assert os.path.samefile(
         tmp_path / "out" / "images" / "j.png", b.dir / "images" / "j.png"
     )
+
+
+# -- audit trails and where a merge may write -------------------------------------
+
+
+def _with_suspects(run: FakeRun, job_id: str, *, lost: int, cut_off: bool) -> None:
+    """A job whose submit took `lost + 1` attempts, `lost` of them without an
+    answer, then succeeded; with `cut_off`, an earlier run died mid-submit."""
+    spec = JobSpec(job_id, "a prompt", "1:1")
+    with (run.dir / "attempts.jsonl").open("a") as fh:
+        if cut_off:
+            fh.write(json.dumps({"job_id": job_id, "run": "r0", "n": 1}) + "\n")
+        for n in range(1, lost + 2):
+            fh.write(json.dumps({"job_id": job_id, "run": "r1", "n": n}) + "\n")
+    submitted = make_record(
+        spec,
+        JobStatus.SUBMITTED,
+        taskid=f"t-{job_id}",
+        attempts=lost + 1,
+        uncertain=lost,
+        run="r1",
+    )
+    run.append(submitted)
+    run.succeed(job_id)
+
+
+def _suspects(run_dir: Path) -> dict[str, int]:
+    from batch_runner.outputs.report import run_status
+
+    return run_status(run_dir / "ledger.jsonl", run_dir).suspected_duplicates
+
+
+def test_merge_carries_suspected_duplicate_submits_across(tmp_path: Path) -> None:
+    """Suspects of every input stay suspects in the merge, no more and no fewer,
+    and merging again (or one input at a time) does not count them twice."""
+    a, b = FakeRun(tmp_path / "a"), FakeRun(tmp_path / "b")
+    _with_suspects(a, "lost-answers", lost=2, cut_off=False)
+    _with_suspects(a, "crashed", lost=0, cut_off=True)
+    _with_suspects(b, "clean", lost=0, cut_off=False)
+    b.succeed("plain")
+    expected = {"lost-answers": 2, "crashed": 1}
+    assert {**_suspects(a.dir), **_suspects(b.dir)} == expected
+
+    out = tmp_path / "out"
+    report = merge_runs(out, [a.dir, b.dir])
+    assert (report.jobs, report.succeeded) == (4, 4)
+    assert _suspects(out) == expected
+    assert {
+        j: r["status"] for j, r in latest_records(out / "ledger.jsonl").items()
+    } == {
+        "lost-answers": "succeeded",
+        "crashed": "succeeded",
+        "clean": "succeeded",
+        "plain": "succeeded",
+    }
+    before = snapshot(out)
+    merge_runs(out, [a.dir, b.dir])
+    assert snapshot(out) == before
+    merge_runs(tmp_path / "steps", [a.dir])
+    merge_runs(tmp_path / "steps", [b.dir])
+    assert snapshot(tmp_path / "steps") == before
+
+
+def test_merge_into_a_run_directory_that_is_not_an_input_is_refused(
+    tmp_path: Path,
+) -> None:
+    """`merge A B` with A a run directory (not a merge output) would rewrite A's
+    ledger under its own attempts.jsonl: refused, A untouched."""
+    a, b = FakeRun(tmp_path / "a"), FakeRun(tmp_path / "b")
+    _with_suspects(a, "x", lost=0, cut_off=False)
+    b.succeed("y")
+    before = snapshot(a.dir)
+    with pytest.raises(MergeError, match="not empty"):
+        merge_runs(a.dir, [b.dir])
+    assert snapshot(a.dir) == before
+    assert _suspects(a.dir) == {}
+
+
+def test_merge_refuses_a_non_empty_directory_but_accepts_empty_or_merged(
+    tmp_path: Path,
+) -> None:
+    """OUT_DIR must be new, empty, or the output of an earlier merge."""
+    a = FakeRun(tmp_path / "a")
+    a.succeed("j")
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    with pytest.raises(MergeError, match="not empty"):
+        merge_runs(stray, [a.dir])
+    assert sorted(p.name for p in stray.iterdir()) == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert merge_runs(empty, [a.dir]).jobs == 1
+    assert merge_runs(empty, [a.dir]).jobs == 1
+
+
+def test_a_merge_output_a_run_wrote_into_keeps_its_own_audit_trail(
+    tmp_path: Path,
+) -> None:
+    """A merge output later used as a run directory is still a merge output:
+    its own ledger and attempts take part, and its suspects are kept."""
+    a = FakeRun(tmp_path / "a")
+    a.succeed("j")
+    out = tmp_path / "out"
+    merge_runs(out, [a.dir])
+    _with_suspects(FakeRun(out), "later", lost=1, cut_off=False)
+    assert _suspects(out) == {"later": 1}
+    merge_runs(out, [a.dir])
+    assert _suspects(out) == {"later": 1}

@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,17 @@ import yaml
 
 from batch_runner.cli.main import main
 from batch_runner.manifest.reader import iter_jobs, validate_manifest
+from batch_runner.outputs.dataset import write_metadata
 
-from .procs import KEY, final_states, run_runner, standalone_simulator, write_manifest
+from .procs import (
+    CONSOLE_SCRIPT,
+    KEY,
+    final_states,
+    ledger_records,
+    run_runner,
+    standalone_simulator,
+    write_manifest,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--no-progress", "--poll-interval", "0.02", "--mock-generation-time", "0.01"]
@@ -55,7 +65,12 @@ def test_status_json_and_text(
         k: report[k] for k in ("total", "succeeded", "failed", "submitted", "pending")
     } == {"total": 8, "succeeded": 6, "failed": 2, "submitted": 0, "pending": 0}
     assert report["failure_reasons"] == [
-        {"stage": "generate", "msg": "simulated generation failure", "count": 2}
+        {
+            "stage": "generate",
+            "msg": "simulated generation failure",
+            "count": 2,
+            "example": "simulated generation failure",
+        }
     ]
     assert report["images_on_disk"] == report["images_expected"] == 6
     assert report["first_ts"] <= report["last_ts"]
@@ -304,3 +319,133 @@ def test_event_loop_choice(tmp_path: Path, loop: str) -> None:
     manifest = write_manifest(tmp_path / "m.yaml", 3)
     assert run_mock(manifest, tmp_path / "out", "--event-loop", loop) == 0
     assert len(final_states(tmp_path / "out" / "ledger.jsonl")) == 3
+
+
+def test_failed_jsonl_retry_merges_with_the_original_run(tmp_path: Path) -> None:
+    """Run with submit faults, `failed --format jsonl`, run that retry into another
+    directory, merge both: no conflict, every job succeeded exactly once, and
+    meta of every type comes back unchanged."""
+    manifest = tmp_path / "m.jsonl"
+    jobs = [
+        {
+            "id": f"j{i}",
+            "prompt": f"picture {i}",
+            "meta": {"n": i, "ok": i % 2 == 0, "tags": ["a", i], "none": None},
+            **({"prompt_extend": bool(i % 3)} if i % 2 else {}),
+        }
+        for i in range(12)
+    ]
+    manifest.write_text("".join(json.dumps(j) + "\n" for j in jobs))
+    first, second = tmp_path / "first", tmp_path / "second"
+    with standalone_simulator(
+        "--fault-rate", "0.5", "--fault-kinds", "500", "--url-in-submit",
+        "--generation-time", "0", "--seed", "3",
+    ) as sim:  # fmt: skip
+        res = run_runner(
+            [str(manifest), "--base-url", sim.url, "--out", str(first),
+             "--retries", "0", "--concurrency", "1", "--no-progress"]
+        )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    states = final_states(first / "ledger.jsonl")
+    failed_ids = {j for j, r in states.items() if r["status"] == "failed"}
+    assert failed_ids and len(failed_ids) < len(jobs)
+
+    retry = subprocess.run(
+        [CONSOLE_SCRIPT, "failed", "--out", str(first), "--format", "jsonl"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    retry_file = tmp_path / "retry.jsonl"
+    retry_file.write_text(retry.stdout)
+    assert {json.loads(line)["id"] for line in retry.stdout.splitlines()} == failed_ids
+    assert run_mock(retry_file, second) == 0
+
+    merged = tmp_path / "merged"
+    assert main(["merge", str(merged), str(first), str(second)]) == 0
+    finals = final_states(merged / "ledger.jsonl")
+    assert {j: r["status"] for j, r in finals.items()} == {
+        j["id"]: "succeeded" for j in jobs
+    }
+    expected = {j["id"]: j for j in jobs}
+    for job_id, record in finals.items():
+        assert record["meta"] == expected[job_id]["meta"]
+        assert record["prompt_extend"] == expected[job_id].get("prompt_extend")
+    succeeded_lines = [
+        r for r in ledger_records(merged / "ledger.jsonl") if r["status"] == "succeeded"
+    ]
+    assert len(succeeded_lines) == len(jobs)
+
+
+def test_a_job_with_two_images_and_a_job_named_like_its_file_keep_both_images(
+    tmp_path: Path,
+) -> None:
+    """Job `x` with two images, then job `x-0` in the same run directory: no file
+    is replaced, each record's files hold the bytes it recorded, and the export
+    ships each image under its own job."""
+    import hashlib
+
+    out = tmp_path / "out"
+    first = tmp_path / "first.jsonl"
+    first.write_text(json.dumps({"id": "x", "prompt": "two images"}) + "\n")
+    with standalone_simulator(
+        "--images-per-task", "2", "--generation-time", "0"
+    ) as sim:
+        res = run_runner(
+            [str(first), "--base-url", sim.url, "--out", str(out), "--no-progress",
+             "--poll-interval", "0.02"]
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    both = tmp_path / "both.jsonl"
+    both.write_text(
+        first.read_text() + json.dumps({"id": "x-0", "prompt": "one"}) + "\n"
+    )
+    assert run_mock(both, out) == 0
+    finals = final_states(out / "ledger.jsonl")
+    owners: dict[str, str] = {}
+    for job_id, record in finals.items():
+        assert record["status"] == "succeeded"
+        for image in record["images"]:
+            assert image["file"] not in owners, (image["file"], owners)
+            owners[image["file"]] = job_id
+            data = (out / image["file"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == image["sha256"]
+    assert sorted(owners.values()) == ["x", "x", "x-0"]
+    assert main(["export", str(out), str(tmp_path / "wds")]) == 0
+    shipped = 0
+    for shard in sorted((tmp_path / "wds").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    body = json.load(tar.extractfile(member))  # type: ignore[arg-type]
+                    recorded = {
+                        i["file"]: i["sha256"] for i in finals[body["job_id"]]["images"]
+                    }
+                    assert recorded[body["file_name"]] == body["sha256"]
+                    shipped += 1
+    assert shipped == 3
+
+
+def test_an_old_run_dir_keeps_its_names_and_no_new_file_replaces_one(
+    tmp_path: Path,
+) -> None:
+    """A run dir from before "~" names (job `x` owns `images/x-0.png`): its files
+    stay readable, and a new job `x-0` gets a file of its own."""
+    import hashlib
+
+    from .test_dataset import FakeRun
+
+    old = FakeRun(tmp_path / "out")
+    old.succeed("x", "two images", count=2, old_names=True)
+    before = (old.dir / "images" / "x-0.png").read_bytes()
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "x-0", "prompt": "one"}) + "\n")
+    assert run_mock(manifest, old.dir) == 0
+    assert (old.dir / "images" / "x-0.png").read_bytes() == before
+    finals = final_states(old.ledger)
+    assert finals["x"]["files"] == ["images/x-0.png", "images/x-1.png"]
+    (new_file,) = finals["x-0"]["files"]
+    assert new_file not in finals["x"]["files"]
+    data = (old.dir / new_file).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == finals["x-0"]["images"][0]["sha256"]
+    assert write_metadata(old.dir) == 3

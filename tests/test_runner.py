@@ -230,7 +230,8 @@ async def test_job_timeout(sim: SimFactory, tmp_path: Path) -> None:
 async def test_sync_urls_skip_polling_and_multiple_images(
     sim: SimFactory, tmp_path: Path
 ) -> None:
-    """URLs in the submit response skip polling; several images are numbered from 0."""
+    """URLs in the submit response skip polling; several images are numbered from 0
+    after a "~"."""
     server = await sim(url_in_submit=True, images_per_task=3)
     result, _ = await run_jobs(
         server.url, tmp_path, [WorkItem(JobSpec(job_id="m", prompt="p"))]
@@ -238,7 +239,7 @@ async def test_sync_urls_skip_polling_and_multiple_images(
     assert result.succeeded == 1
     assert server.state.snapshot()["polls_total"] == 0
     names = sorted(p.name for p in (tmp_path / "images").iterdir())
-    assert names == ["m-0.png", "m-1.png", "m-2.png"]
+    assert names == ["m~0.png", "m~1.png", "m~2.png"]
 
 
 async def test_graceful_stop_records_taskids_and_leaves_no_torn_line(

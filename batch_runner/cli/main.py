@@ -27,7 +27,12 @@ from batch_runner.engine.run import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV
 from batch_runner.engine.sharding import Shard, choose_shard
 from batch_runner.errors import BatchRunnerError, ManifestError, UsageError
 from batch_runner.exit_codes import ExitCode
-from batch_runner.outputs.report import format_status, run_status, write_failed_csv
+from batch_runner.outputs.report import (
+    format_status,
+    run_status,
+    write_failed_csv,
+    write_failed_jsonl,
+)
 from batch_runner.simulator import app as simulator
 from batch_runner.store.rundir import RunDir
 from batch_runner.store.transcode import DEFAULT_QUALITY, ImageFormat
@@ -273,9 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     failed = sub.add_parser(
         "failed",
-        help="print the failed jobs as a CSV manifest",
-        description="Write the failed jobs as a CSV manifest on stdout (same ids and "
-        "parameters) and their failure reasons on stderr.",
+        help="print the failed jobs as a CSV (or JSONL) manifest",
+        description="Write the failed jobs as a manifest on stdout (same ids and "
+        "parameters) and their failure reasons on stderr. CSV turns meta values "
+        "into text; --format jsonl keeps every value and type, so the retry's run "
+        "merges with the original.",
+    )
+    failed.add_argument(
+        "--format",
+        choices=("csv", "jsonl"),
+        default="csv",
+        help="manifest format on stdout (default csv)",
     )
     failed.add_argument(
         "manifest",
@@ -453,7 +466,8 @@ def cmd_status(ns: argparse.Namespace) -> int:
 
 def cmd_failed(ns: argparse.Namespace) -> int:
     _, ledger = _location(ns, _shard(ns))
-    count = write_failed_csv(ledger, sys.stdout, sys.stderr)
+    write = write_failed_jsonl if ns.format == "jsonl" else write_failed_csv
+    count = write(ledger, sys.stdout, sys.stderr)
     log.info("%d failed job(s)", count)
     return ExitCode.OK
 

@@ -10,8 +10,8 @@ import enum
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,8 @@ class JobEnv:
     #: every submit attempt is logged here before it is sent (see outputs.audit)
     attempt_log: LedgerWriter | None = None
     run_id: str = ""
+    #: image names an old run dir gave other jobs (ResumeState.legacy_stems)
+    legacy_stems: Mapping[str, str] = field(default_factory=dict)
     #: whether a new submit may be sent now (False once the run drains)
     may_submit: Callable[[], bool] = _always
     #: waits for the rate limiter before a submit
@@ -465,7 +467,7 @@ class Job:
         files: list[str] = []
         images: list[dict[str, Any]] = []
         for index, url in enumerate(urls):
-            stem = image_stem(self.spec.job_id, index, len(urls))
+            stem = image_stem(self.spec.job_id, index, len(urls), env.legacy_stems)
             saved, _ = await env.retrier.call(
                 functools.partial(self._save, url, stem),
                 what="download",

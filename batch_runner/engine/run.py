@@ -527,6 +527,7 @@ async def _execute(
             attempt_log=attempt_log,
             run_id=f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",
             transcoder=transcoder,
+            legacy_stems=state.legacy_stems,
         )
         if s.handle_signals:
             stack.enter_context(_stop_on_signals(runner))

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,6 +121,7 @@ class Runner:
         attempt_log: LedgerWriter | None = None,
         run_id: str = "",
         transcoder: Transcoder | None = None,
+        legacy_stems: Mapping[str, str] | None = None,
     ) -> None:
         self._opt = options
         self._images_dir = images_dir or out_dir / "images"
@@ -150,6 +151,7 @@ class Runner:
             download=options.download,
             attempt_log=attempt_log,
             run_id=run_id,
+            legacy_stems=legacy_stems or {},
             may_submit=self._may_submit,
             pace_submit=self._pace_submit if self._rate is not None else None,
             on_submit_latency=self._submit_latency if self._aimd else None,

@@ -24,8 +24,8 @@ from typing import Any
 from urllib.parse import quote
 
 from batch_runner.models import JobStatus
-from batch_runner.store.images import image_size, sniff_extension
-from batch_runner.store.ledger import RECORD_HEAD, ledger_lines, parse_record
+from batch_runner.store.images import image_size, safe_relative, sniff_extension
+from batch_runner.store.ledger import ledger_lines, parse_record, read_head
 from batch_runner.store.rundir import RunDir, atomic_write
 
 log = logging.getLogger("batch_runner.outputs.dataset")
@@ -93,14 +93,9 @@ def final_lines(
     """
     last: dict[int, int] = {}
     for lineno, raw in enumerate(ledger_lines(path)):
-        # as in ledger.replay: a whole line from our writer needs no JSON parse
-        head = RECORD_HEAD.match(raw)
-        if head is not None and raw.endswith(b"}\n"):
-            last[hash(head[1].decode())] = 2 * lineno + (head[2].decode() in statuses)
-            continue
-        record = parse_record(raw)
-        if record is not None:
-            last[hash(record["job_id"])] = 2 * lineno + (record["status"] in statuses)
+        head = read_head(raw)
+        if head is not None:
+            last[hash(head.job_id)] = 2 * lineno + (head.status in statuses)
     return {packed >> 1 for packed in last.values() if packed & 1}
 
 
@@ -137,24 +132,6 @@ class ImageFacts:
     width: int | None
     height: int | None
     index: int = 0
-
-
-def safe_relative(file: object) -> str | None:
-    """`file` as a clean relative POSIX path inside the run directory, or None.
-
-    An absolute path or one with `..` (an images dir outside the run) cannot be
-    part of the dataset: Hugging Face refuses such a `file_name`, and a tar
-    member must not escape the directory it is extracted into.
-    """
-    # plain string work: pathlib costs more than the stat on a million files
-    if not isinstance(file, str) or file.startswith("/") or "\\" in file:
-        return None
-    if "://" in file:
-        return None
-    parts = [part for part in file.split("/") if part not in ("", ".")]
-    if not parts or ".." in parts:
-        return None
-    return "/".join(parts)
 
 
 def facts_from_bytes(file: str, data: bytes, index: int = 0) -> ImageFacts:
@@ -255,7 +232,8 @@ class Sample:
 
     job_id: str
     prompt: str
-    prompt_extend: bool
+    #: None when the job never set it (and for no ledger before that was kept)
+    prompt_extend: bool | None
     seed: int | None
     resolution: str
     taskid: str | None
@@ -291,12 +269,13 @@ def samples_of(
     seed = record.get("seed")
     taskid = record.get("taskid")
     meta = record.get("meta")
+    extend = record.get("prompt_extend")
     count = len(record_files(record))
     for image in images:
         yield Sample(
             job_id=str(record["job_id"]),
             prompt=str(record.get("prompt") or ""),
-            prompt_extend=bool(record.get("prompt_extend")),
+            prompt_extend=extend if isinstance(extend, bool) else None,
             seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
             resolution=str(record.get("resolution") or ""),
             taskid=taskid if isinstance(taskid, str) and taskid else None,

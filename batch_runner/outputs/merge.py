@@ -1,11 +1,14 @@
 """Combine shard run directories into one dataset directory, refusing conflicts.
 
-The merged ledger holds one record per job: the record that decides its state.
-Each input keeps its full history; copying every record would make a merge
-grow with each repeat and let an input's later "failed" hide another input's
-"succeeded". One record per job makes merging idempotent and incremental:
-OUT_DIR's own ledger, if any, takes part as the first input, so merging the
-same inputs again changes nothing and merging a new shard adds to the result.
+The merged ledger holds, per job, the record that decides its state, after the
+audit trail: every input's submit outcomes (records with `attempts`), which say
+how many submit requests each run sent and how many lost their answer. Each
+input keeps its full history; copying every record would let an input's later
+"failed" hide another input's "succeeded". Records and attempt lines already in
+OUT_DIR are not copied twice, which makes merging idempotent and incremental:
+OUT_DIR's own ledger and attempts.jsonl, if any, take part as the first input,
+so merging the same inputs again changes nothing and merging a new shard adds to
+the result.
 
 Which record decides, when inputs disagree:
 - the same job must mean the same request: any difference in prompt,
@@ -15,14 +18,20 @@ Which record decides, when inputs disagree:
 - two "succeeded" records must name the same files with the same sha256, else
   it is a conflict; if equal, the first input's record is kept, unless a later
   one has more of its files on disk.
-Only each input's final record of a job takes part; attempts.jsonl is not merged.
+Only each input's final record of a job takes part in that choice.
+
+OUT_DIR must be new, empty, or an earlier merge's output (it holds merge.json):
+merging into a run directory would rewrite its ledger under its own
+attempts.jsonl and make every job look like a duplicate submit.
 
 Every check runs before anything is written. Images are hardlinked when
 possible (same filesystem; the runner never rewrites an image in place, so a
 shared inode is safe, and deleting an input later leaves the merge intact),
 copied otherwise; a file name already in OUT_DIR with other content is a
 conflict. The ledger is written to a temp file and renamed only after every
-image is in place, and metadata.jsonl is rebuilt from it.
+image is in place, then attempts.jsonl the same way (in that order, so a crash
+between them can hide a suspect but never invent one), and metadata.jsonl is
+rebuilt from the ledger.
 """
 
 from __future__ import annotations
@@ -50,8 +59,13 @@ from batch_runner.outputs.dataset import (
     records_at,
     write_metadata,
 )
-from batch_runner.store.ledger import encode_record
-from batch_runner.store.rundir import LEDGER_NAME, RunDir, atomic_write
+from batch_runner.store.ledger import encode_record, ledger_lines, loads, parse_record
+from batch_runner.store.rundir import (
+    LEDGER_NAME,
+    MERGE_MARKER_NAME,
+    RunDir,
+    atomic_write,
+)
 
 log = logging.getLogger("batch_runner.outputs.merge")
 
@@ -109,6 +123,8 @@ class _Candidate:
     lineno: int
     status: str
     params: bytes
+    #: the record's identity, so an input's copy of it is not written twice
+    digest: bytes
     #: (file, sha256 or None when the file is gone) of a succeeded record
     images: tuple[tuple[str, str | None], ...] = ()
 
@@ -131,9 +147,17 @@ class _Plan:
 
 def _params_digest(record: Mapping[str, Any]) -> bytes:
     params = {name: record.get(name) for name in _PARAMS}
+    # ledgers before null was recorded wrote false for an unset prompt_extend,
+    # so false and null cannot be told apart: both mean "not on"
     params["prompt_extend"] = bool(record.get("prompt_extend"))
     text = json.dumps(params, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _record_digest(record: Mapping[str, Any]) -> bytes:
+    # without `images`, which a merge adds to records older than it
+    line = encode_record({k: v for k, v in record.items() if k != "images"})
+    return hashlib.blake2b(line, digest_size=16).digest()
 
 
 def _image_key(
@@ -201,6 +225,7 @@ def _collect(sources: Sequence[_Source]) -> dict[str, _Candidate]:
                 lineno=lineno,
                 status=status,
                 params=_params_digest(record),
+                digest=_record_digest(record),
                 images=(
                     _image_key(source.run_dir, record)
                     if status == JobStatus.SUCCEEDED
@@ -277,6 +302,48 @@ def _plan_images(
     return present
 
 
+def _write_history(
+    fh: IO[bytes], sources: Sequence[_Source], chosen: Mapping[str, _Candidate]
+) -> int:
+    """Every input's submit outcomes that are not a job's deciding record, each
+    once, input by input in ledger order; returns how many were written."""
+    written = {c.digest for c in chosen.values()}
+    count = 0
+    for source in sources:
+        for raw in ledger_lines(source.ledger):
+            # a cheap test first: only lines with this key can be outcomes
+            if b'"attempts"' not in raw:
+                continue
+            record = parse_record(raw)
+            if record is None or "attempts" not in record:
+                continue
+            digest = _record_digest(record)
+            if digest in written:
+                continue
+            written.add(digest)
+            fh.write(encode_record(record))
+            count += 1
+    return count
+
+
+def _write_attempts(fh: IO[bytes], sources: Sequence[_Source]) -> int:
+    """Every input's attempts.jsonl lines, each once, in input order."""
+    seen: set[bytes] = set()
+    for source in sources:
+        for raw in ledger_lines(RunDir(source.run_dir).attempts):
+            line = raw.strip()
+            try:
+                if not isinstance(loads(line), dict):
+                    continue
+            except (ValueError, RecursionError):
+                continue  # a torn line: the audit cannot read it either
+            digest = hashlib.blake2b(line, digest_size=16).digest()
+            if digest not in seen:
+                seen.add(digest)
+                fh.write(line + b"\n")
+    return len(seen)
+
+
 def _write_ledger_and_plan(
     fh: IO[bytes],
     out_dir: Path,
@@ -284,8 +351,9 @@ def _write_ledger_and_plan(
     chosen: Mapping[str, _Candidate],
     plan: _Plan,
 ) -> None:
-    """The chosen records, input by input in ledger order, so a merge of its own
-    output reproduces it byte for byte."""
+    """The audit trail, then the chosen records, input by input in ledger order,
+    so a merge of its own output reproduces it byte for byte."""
+    _write_history(fh, sources, chosen)
     by_source: dict[int, set[int]] = {}
     for candidate in chosen.values():
         by_source.setdefault(candidate.source, set()).add(candidate.lineno)
@@ -332,14 +400,54 @@ def _same_dir(a: Path, b: Path) -> bool:
         return False
 
 
+def _visible_entries(directory: Path) -> list[str]:
+    """Names in `directory` other than hidden ones (locks, temp files)."""
+    try:
+        return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        raise MergeError(f"{directory} is not a directory") from None
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """OUT_DIR must be new, empty, or an earlier merge's output."""
+    entries = _visible_entries(out_dir)
+    if entries and MERGE_MARKER_NAME not in entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise MergeError(
+            f"{out_dir} is not empty ({shown}) and not the output of an earlier "
+            "merge (no merge.json); merge into a new or empty directory"
+        )
+
+
+def _marker(out_dir: Path, run_dirs: Sequence[Path]) -> bytes:
+    """merge.json: every input ever merged into OUT_DIR, in first-merged order."""
+    inputs: list[str] = []
+    try:
+        old = loads(RunDir(out_dir).merge_marker.read_bytes())
+        if isinstance(old, dict) and isinstance(old.get("inputs"), list):
+            inputs = [i for i in old["inputs"] if isinstance(i, str)]
+    except (OSError, ValueError):
+        pass
+    for run_dir in run_dirs:
+        name = os.fspath(run_dir.resolve())
+        if name not in inputs:
+            inputs.append(name)
+    text = json.dumps({"merged_by": "batch-runner", "inputs": inputs}, indent=1)
+    return (text + "\n").encode("utf-8")
+
+
 def merge_runs(out_dir: Path, run_dirs: Sequence[Path]) -> MergeReport:
-    """Merge run directories (ledger.jsonl + images/) into `out_dir`: one ledger
-    record per job, the images, and a rebuilt metadata.jsonl.
+    """Merge run directories (ledger.jsonl, attempts.jsonl, images/) into
+    `out_dir`: each job's deciding record after every input's submit outcomes,
+    the attempt log, the images, and a rebuilt metadata.jsonl.
 
     Raises MergeConflictError (naming the job and both directories) when inputs
-    disagree, MergeError when `out_dir` is one of the inputs or an input is not
-    a run directory; either way before writing anything. OUT_DIR is locked
-    like a run directory while merging.
+    disagree, MergeError when `out_dir` is one of the inputs, is not empty and
+    not an earlier merge's output, or an input is not a run directory; either
+    way before writing anything. OUT_DIR is locked like a run directory while
+    merging.
     """
     if not run_dirs:
         raise MergeError("nothing to merge: no run directories given")
@@ -348,11 +456,14 @@ def merge_runs(out_dir: Path, run_dirs: Sequence[Path]) -> MergeReport:
     for run_dir in run_dirs:
         if not RunDir(run_dir).ledger.is_file():
             raise MergeError(f"{run_dir} is not a run directory: no {LEDGER_NAME}")
+    _check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = RunDir(out_dir)
     # the ledger's own lock too: a run given `--ledger OUT_DIR/ledger.jsonl`
     # must not append to the ledger this merge is replacing
     with out.lock():
+        # again under the lock: a run may have written there since
+        _check_out_dir(out_dir)
         out_ledger = out.ledger
         sources = [_Source(d, RunDir(d).ledger) for d in run_dirs]
         if out_ledger.is_file():
@@ -361,8 +472,13 @@ def merge_runs(out_dir: Path, run_dirs: Sequence[Path]) -> MergeReport:
         plan = _Plan()
         with atomic_write(out_ledger) as fh:
             _write_ledger_and_plan(fh, out_dir, sources, chosen, plan)
+            # from here on OUT_DIR is a merge output, even if a copy fails
+            with atomic_write(out.merge_marker) as marker:
+                marker.write(_marker(out_dir, run_dirs))
             for src, dest in plan.copies:
                 _place(src, dest)
+        with atomic_write(out.attempts) as fh:
+            _write_attempts(fh, sources)
         write_metadata(out_dir)
     statuses = [c.status for c in chosen.values()]
     return MergeReport(

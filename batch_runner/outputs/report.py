@@ -1,8 +1,9 @@
 """Where a run stands (`status`) and what failed (`failed`), read from the ledger.
 
-Built for million-line ledgers: one streaming pass, and a fast path that reads
-`job_id` and `status` off the front of each line (the writer always puts them
-first) so only the lines that need more (failures, submits) are fully parsed.
+Built for million-line ledgers: one streaming pass in which a JSON parser reads
+each line's head (`store.ledger.read_head`: job id, status, stage, files, ...,
+skipping prompt and meta), keeping only a state code per job and what the
+report needs, never the records.
 """
 
 from __future__ import annotations
@@ -20,28 +21,56 @@ from typing import IO, Any
 from batch_runner.manifest.reader import ManifestSource, validate_manifest
 from batch_runner.outputs.audit import suspected_duplicate_submits
 from batch_runner.store.ledger import (
-    RECORD_HEAD,
-    is_generated,
+    head_is_generated,
     iter_records,
     ledger_lines,
-    parse_record,
+    loads,
+    read_head,
 )
 from batch_runner.store.rundir import RunDir
 
-_TS = re.compile(rb'"ts":"([^"]*)"')
-_FILES = re.compile(rb'"files":\[([^\]]*)\]')
-_STATE_CODES = {
-    b"submitted": "s",
-    b"succeeded": "S",
-    b"failed": "F",
-    b"generated": "G",
-}
-_NAMES = {"s": "submitted", "S": "succeeded", "F": "failed", "G": "generated"}
+_STATE_CODES = {"submitted": "s", "succeeded": "S", "failed": "F", "generated": "G"}
+_NAMES = {"S": "succeeded", "G": "generated", "F": "failed", "s": "submitted"}
+
+# What varies between messages of one cause: URLs, UUIDs, hex ids (with at least
+# one digit and one letter, so words like "deadbeef" stay), then any number.
+_REASON_MASKS = (
+    (re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+"), "<url>"),
+    (
+        re.compile(
+            r"(?<![0-9A-Za-z])[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}"
+            r"-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}(?![0-9A-Za-z])"
+        ),
+        "<id>",
+    ),
+    (
+        re.compile(
+            r"(?<![0-9A-Za-z])(?=[0-9A-Fa-f]*[0-9])(?=[0-9A-Fa-f]*[A-Fa-f])"
+            r"[0-9A-Fa-f]{8,}(?![0-9A-Za-z])"
+        ),
+        "<id>",
+    ),
+    (re.compile(r"[0-9]+(?:\.[0-9]+)?"), "<n>"),
+)
+
+
+def normalise_reason(msg: str) -> str:
+    """`msg` with what differs between jobs failing for one cause (byte counts,
+    task ids, URLs, numbers) masked, so such failures group together."""
+    for pattern, mask in _REASON_MASKS:
+        msg = pattern.sub(mask, msg)
+    return msg
 
 
 @dataclass(slots=True)
 class RunStatus:
-    """Totals by state; `pending` is known only when a manifest is given."""
+    """Totals by state; `pending` is known only when a manifest is given.
+
+    With a manifest every total counts the manifest's jobs (succeeded + generated
+    + failed + submitted + pending = total), and the ledger's jobs that the
+    manifest does not have are counted apart in `other_jobs` and, by state, in
+    `other`.
+    """
 
     total: int = 0
     succeeded: int = 0
@@ -57,8 +86,12 @@ class RunStatus:
     images_on_disk: int = 0
     first_ts: str | None = None
     last_ts: str | None = None
+    #: per (stage, normalised message): `msg` (normalised), `count`, and one
+    #: real message as `example`
     failure_reasons: list[dict[str, Any]] = field(default_factory=list)
     suspected_duplicates: dict[str, int] = field(default_factory=dict)
+    other_jobs: int = 0
+    other: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The numbers `status --json` prints."""
@@ -67,56 +100,99 @@ class RunStatus:
     to_json = to_dict
 
 
-def _scan(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, str]], RunStatus]:
-    """job_id -> state code, failed job_id -> (stage, msg), and partial totals."""
-    states: dict[str, str] = {}
-    failures: dict[str, tuple[str, str]] = {}
-    files_of: dict[str, int] = {}
-    status = RunStatus()
+@dataclass(slots=True)
+class _Scan:
+    """What one pass over the ledger keeps: a state code per job and little else."""
+
+    states: dict[str, str] = field(default_factory=dict)
+    #: failed job -> (stage, message) of its last record
+    failures: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: succeeded job -> how many files its last record names
+    files_of: dict[str, int] = field(default_factory=dict)
+    #: the audit fields of every record with `attempts`, when wanted
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _scan(path: Path, status: RunStatus, *, audit: bool) -> _Scan:
+    scan = _Scan()
+    states, failures, files_of = scan.states, scan.failures, scan.files_of
+    first_ts = last_ts = None
     for raw in ledger_lines(path):
-        match = RECORD_HEAD.match(raw)
-        if match is not None:
-            job_id, code = match[1].decode(), _STATE_CODES[match[2]]
-        else:
-            # not our writer's layout (or an escaped id): parse it properly
-            record = parse_record(raw)
-            if record is None:
-                if raw.strip():
-                    status.unreadable_lines += 1
-                continue
-            job_id, code = record["job_id"], _STATE_CODES[record["status"].encode()]
+        head = read_head(raw)
+        if head is None:
+            if raw.strip():
+                status.unreadable_lines += 1
+            continue
+        job_id = head.job_id
+        code = _STATE_CODES[head.status]
         status.records += 1
         states[job_id] = code
-        ts = _TS.search(raw)
-        if ts:
-            stamp = ts[1].decode()
-            if status.first_ts is None or stamp < status.first_ts:
-                status.first_ts = stamp
-            if status.last_ts is None or stamp > status.last_ts:
-                status.last_ts = stamp
+        ts = head.ts
+        if isinstance(ts, str):
+            if first_ts is None or ts < first_ts:
+                first_ts = ts
+            if last_ts is None or ts > last_ts:
+                last_ts = ts
         if code == "F":
-            try:
-                rec = json.loads(raw)
-                failures[job_id] = (
-                    str(rec.get("stage") or ""),
-                    str(rec.get("msg") or ""),
-                )
-            except ValueError:
-                failures[job_id] = ("", "unreadable")
+            failures[job_id] = (str(head.stage or ""), str(head.msg or ""))
         else:
             failures.pop(job_id, None)
         if code == "S":
-            files = _FILES.search(raw)
-            files_of[job_id] = files[1].count(b'"') // 2 if files else 0
-            if not files_of[job_id]:
-                record = parse_record(raw)
-                if record is not None and is_generated(record):
-                    states[job_id] = "G"
-                    files_of.pop(job_id, None)
+            files = head.files
+            files_of[job_id] = (
+                sum(1 for f in files if isinstance(f, str))
+                if isinstance(files, list)
+                else 0
+            )
+            # an old --no-download "succeeded" left its images to fetch
+            if not files_of[job_id] and head_is_generated(head):
+                states[job_id] = "G"
+                files_of.pop(job_id, None)
         else:
             files_of.pop(job_id, None)
+        if audit and head.attempts is not None:
+            scan.outcomes.append(
+                {
+                    "job_id": job_id,
+                    "run": head.run,
+                    "attempts": head.attempts,
+                    "uncertain": head.uncertain,
+                }
+            )
+    status.first_ts, status.last_ts = first_ts, last_ts
     status.images_expected = sum(files_of.values())
-    return states, failures, status
+    return scan
+
+
+def _count_manifest(
+    status: RunStatus,
+    scan: _Scan,
+    manifest: ManifestSource,
+    keep: Callable[[str], bool] | None,
+) -> None:
+    """Count the manifest's jobs by their ledger state; `scan.states` is left
+    holding only the ledger's other jobs."""
+    states = scan.states
+    counts: Counter[str] = Counter()
+    tally = {"jobs": 0, "pending": 0}
+
+    def count(job_id: str) -> None:
+        if keep is None or keep(job_id):
+            tally["jobs"] += 1
+            code = states.pop(job_id, None)
+            if code is None:
+                tally["pending"] += 1
+            else:
+                counts[code] += 1
+
+    validate_manifest(manifest, on_job=count)
+    status.total = tally["jobs"]
+    status.pending = tally["pending"]
+    status.succeeded, status.failed = counts["S"], counts["F"]
+    status.submitted, status.generated = counts["s"], counts["G"]
+    others = Counter(states.values())
+    status.other_jobs = len(states)
+    status.other = {name: others[code] for code, name in _NAMES.items()}
 
 
 def run_status(
@@ -128,56 +204,57 @@ def run_status(
     """Everything `batch-runner status` reports, from one pass over the ledger
     (and one over the manifest, if given, for the pending count; `keep` picks a
     shard's job ids)."""
-    states, failures, status = _scan(ledger)
-    counts = Counter(states.values())
-    status.succeeded = counts["S"]
-    status.failed = counts["F"]
-    status.submitted = counts["s"]
-    status.generated = counts["G"]
-    status.total = len(states)
+    status = RunStatus()
+    run = RunDir(run_dir, ledger=ledger) if run_dir is not None else None
+    attempts = run.attempts if run is not None else None
+    audit = attempts is not None and attempts.exists()
+    scan = _scan(ledger, status, audit=audit)
+    failures: Iterable[tuple[str, str]] = scan.failures.values()
     if manifest is not None:
-        tally = {"jobs": 0, "pending": 0}
-
-        def count(job_id: str) -> None:
-            if keep is None or keep(job_id):
-                tally["jobs"] += 1
-                if job_id not in states:
-                    tally["pending"] += 1
-
-        validate_manifest(manifest, on_job=count)
-        status.pending = tally["pending"]
-        status.total = max(status.total, tally["jobs"])
-    reasons = Counter((stage, msg) for stage, msg in failures.values())
-    status.failure_reasons = [
-        {"stage": stage, "msg": msg, "count": n}
-        for (stage, msg), n in reasons.most_common()
-    ]
-    if run_dir is not None:
-        run = RunDir(run_dir, ledger=ledger)
+        _count_manifest(status, scan, manifest, keep)
+        # failure reasons of the counted jobs only, so they add up to `failed`
+        failures = (v for j, v in scan.failures.items() if j not in scan.states)
+    else:
+        counts = Counter(scan.states.values())
+        status.succeeded, status.failed = counts["S"], counts["F"]
+        status.submitted, status.generated = counts["s"], counts["G"]
+        status.total = len(scan.states)
+    status.failure_reasons = _group_reasons(failures)
+    if run is not None:
         images = run.images
         if images.is_dir():
-            with os.scandir(images) as entries:
-                status.images_on_disk = sum(
-                    1 for e in entries if not e.name.startswith(".") and e.is_file()
-                )
-        attempts = run.attempts
-        if attempts.exists():
+            status.images_on_disk = _count_files(images)
+        if audit and attempts is not None:
             status.suspected_duplicates = suspected_duplicate_submits(
-                _submit_outcomes(ledger), _json_objects(ledger_lines(attempts))
+                scan.outcomes, _json_objects(ledger_lines(attempts))
             )
     return status
 
 
-def _submit_outcomes(ledger: Path) -> Iterator[dict[str, Any]]:
-    # only records that describe a submit carry "attempts"; skip parsing the rest
-    return _json_objects(raw for raw in ledger_lines(ledger) if b'"attempts":' in raw)
+def _count_files(images: Path) -> int:
+    """Files in `images`; hidden ones (downloads in progress) are not images yet."""
+    with os.scandir(images) as entries:
+        return sum(1 for e in entries if not e.name.startswith(".") and e.is_file())
 
 
-def _json_objects(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+def _group_reasons(failures: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    counts: Counter[tuple[str, str]] = Counter()
+    examples: dict[tuple[str, str], str] = {}
+    for stage, msg in failures:
+        key = (stage, normalise_reason(msg))
+        counts[key] += 1
+        examples.setdefault(key, msg)
+    return [
+        {"stage": stage, "msg": msg, "count": n, "example": examples[stage, msg]}
+        for (stage, msg), n in counts.most_common()
+    ]
+
+
+def _json_objects(lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
     for raw in lines:
         try:
-            rec = json.loads(raw)
-        except ValueError:
+            rec = loads(raw)
+        except (ValueError, RecursionError):
             continue
         if isinstance(rec, dict):
             yield rec
@@ -194,6 +271,13 @@ def format_status(status: RunStatus, name: str) -> str:
         f"jobs: {status.total} — succeeded {status.succeeded}{generated}, failed "
         f"{status.failed}, submitted (in flight) {status.submitted}{pending}"
     )
+    if status.other_jobs:
+        by_state = ", ".join(
+            f"{k} {v}" for k, v in status.other.items() if v or k != "generated"
+        )
+        lines.append(
+            f"not in the manifest: {status.other_jobs} jobs ({by_state}); counted apart"
+        )
     lines.append(
         f"images: {status.images_on_disk} on disk, {status.images_expected} expected"
     )
@@ -206,6 +290,8 @@ def format_status(status: RunStatus, name: str) -> str:
         for reason in status.failure_reasons[:20]:
             stage = f"[{reason['stage']}] " if reason["stage"] else ""
             lines.append(f"  {reason['count']:>6}  {stage}{reason['msg']}")
+            if reason["example"] != reason["msg"]:
+                lines.append(f"          e.g. {reason['example']}")
         if len(status.failure_reasons) > 20:
             lines.append(f"  ... {len(status.failure_reasons) - 20} more reasons")
     if status.suspected_duplicates:
@@ -219,18 +305,36 @@ def format_status(status: RunStatus, name: str) -> str:
     return "\n".join(lines)
 
 
-def write_failed_csv(ledger: Path, out: IO[str], reasons: IO[str]) -> int:
-    """The failed jobs as a CSV manifest (same ids and parameters) on `out`, and
-    one `job_id: reason` line per job on `reasons`. Returns the count."""
+def _failed_records(ledger: Path) -> dict[str, dict[str, Any]]:
+    """Each job whose last record is "failed", with that record, in ledger order."""
     failed: dict[str, dict[str, Any]] = {}
     for rec in iter_records(ledger):
         if rec["status"] == "failed":
             failed[rec["job_id"]] = rec
         else:
             failed.pop(rec["job_id"], None)
+    return failed
+
+
+def _write_reason(reasons: IO[str], job_id: str, rec: dict[str, Any]) -> None:
+    stage = rec.get("stage")
+    reasons.write(
+        f"{job_id}: {'[' + stage + '] ' if isinstance(stage, str) and stage else ''}"
+        f"{rec.get('msg') or 'failed'}\n"
+    )
+
+
+def write_failed_csv(ledger: Path, out: IO[str], reasons: IO[str]) -> int:
+    """The failed jobs as a CSV manifest (same ids and parameters) on `out`, and
+    one `job_id: reason` line per job on `reasons`. Returns the count.
+
+    CSV cannot keep meta types: numbers and booleans become text, nested values
+    JSON text, and null an empty cell (not set); `write_failed_jsonl` keeps them.
+    """
+    failed = _failed_records(ledger)
     meta_keys: list[str] = []
     for rec in failed.values():
-        for key in rec.get("meta") or {}:
+        for key in _meta(rec):
             if key not in meta_keys:
                 meta_keys.append(key)
     writer = csv.writer(out, lineterminator="\n")
@@ -245,24 +349,46 @@ def write_failed_csv(ledger: Path, out: IO[str], reasons: IO[str]) -> int:
         ]
     )
     for job_id, rec in failed.items():
-        meta = rec.get("meta") or {}
+        meta = _meta(rec)
         seed = rec.get("seed")
+        extend = rec.get("prompt_extend")
         writer.writerow(
             [
                 job_id,
                 rec.get("prompt", ""),
                 rec.get("resolution") or "",
                 "" if seed is None else seed,
-                "1" if rec.get("prompt_extend") else "0",
+                # empty when never set: the retry must not send a "0" it never sent
+                "" if extend is None else ("1" if extend else "0"),
                 *(_cell(meta.get(k)) for k in meta_keys),
             ]
         )
-        stage = rec.get("stage")
-        reasons.write(
-            f"{job_id}: {'[' + stage + '] ' if stage else ''}"
-            f"{rec.get('msg') or 'failed'}\n"
-        )
+        _write_reason(reasons, job_id, rec)
     return len(failed)
+
+
+def write_failed_jsonl(ledger: Path, out: IO[str], reasons: IO[str]) -> int:
+    """The failed jobs as a JSONL manifest on `out`, every value with its type
+    (meta numbers, booleans, nulls and nesting, prompt_extend only where set), so
+    a retry run records the same parameters and merges with the original. One
+    `job_id: reason` line per job on `reasons`; returns the count."""
+    failed = _failed_records(ledger)
+    for job_id, rec in failed.items():
+        job: dict[str, Any] = {"id": job_id, "prompt": rec.get("prompt", "")}
+        for name in ("resolution", "seed", "prompt_extend"):
+            if rec.get(name) is not None:
+                job[name] = rec[name]
+        meta = _meta(rec)
+        if meta:
+            job["meta"] = meta
+        out.write(json.dumps(job, ensure_ascii=False) + "\n")
+        _write_reason(reasons, job_id, rec)
+    return len(failed)
+
+
+def _meta(rec: dict[str, Any]) -> dict[str, Any]:
+    meta = rec.get("meta")
+    return meta if isinstance(meta, dict) else {}
 
 
 def _cell(value: Any) -> str:

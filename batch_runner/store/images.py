@@ -1,6 +1,6 @@
-"""Images on disk: recognising them (pure), naming them, and writing a download
-into place whole, with the facts (sha256, size, dimensions) the ledger keeps.
-"""
+"""Images on disk: recognising them (pure), naming them so no two jobs' files can
+meet, which recorded paths are safe to read, and writing a download into place
+whole, with the facts (sha256, size, dimensions) the ledger keeps."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import itertools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,25 +63,102 @@ def image_size(head: bytes) -> tuple[int, int] | None:
     return None
 
 
+#: JPEG markers that stand alone, with no length after them: TEM, RST0-7, SOI
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
+
+
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk the marker segments to the frame header (SOFn), which holds the size."""
     pos = 2
-    while pos + 9 < len(data):
+    end = len(data)
+    while pos < end:
         if data[pos] != 0xFF:
             return None
-        marker = data[pos + 1]
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        # any number of 0xFF fill bytes may precede a marker (ITU T.81, B.1.1.2)
+        while pos < end and data[pos] == 0xFF:
+            pos += 1
+        if pos >= end:
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0x00, 0xD9, 0xDA):
+            # a stuffed byte outside entropy data, end of image, or start of scan:
+            # past here there is no frame header to find
+            return None
+        if pos + 2 > end:
+            return None
+        length = int.from_bytes(data[pos : pos + 2], "big")
         # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC) carry the size
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
-            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            if pos + 7 > end:
+                return None
+            height = int.from_bytes(data[pos + 3 : pos + 5], "big")
+            width = int.from_bytes(data[pos + 5 : pos + 7], "big")
             return width, height
-        pos += 2 + length
+        if length < 2:
+            return None
+        pos += length
     return None
 
 
-def image_stem(job_id: str, index: int, count: int) -> str:
-    """`<job_id>` for a single image, `<job_id>-<k>` (k from 0) when several."""
-    return job_id if count == 1 else f"{job_id}-{index}"
+#: between a job id and an image's index; job ids cannot contain it
+#: (manifest.identity.validate_job_id), so no two jobs' names can meet
+IMAGE_INDEX_SEPARATOR = "~"
+
+
+def image_stem(
+    job_id: str,
+    index: int,
+    count: int,
+    legacy: Mapping[str, str] | None = None,
+) -> str:
+    """The file name (without extension) of image `index` of a job with `count`.
+
+    `<job_id>` for a single image, `<job_id>~<k>` (k from 0) when several. Run
+    dirs from before named several images `<job_id>-<k>`, which is also how a job
+    called `<job_id>-<k>` names its single image: `legacy` (old stem -> owning
+    job, from `legacy_stem`) keeps such a name with its owner, and the job
+    arriving later takes `<its id>~0` instead.
+    """
+    if count == 1:
+        owner = legacy.get(job_id) if legacy else None
+        if owner is None or owner == job_id:
+            return job_id
+    return f"{job_id}{IMAGE_INDEX_SEPARATOR}{index}"
+
+
+def legacy_stem(job_id: str, file: str) -> str | None:
+    """The stem of `file` if it is an old-style name of one of several images of
+    `job_id` (`<job_id>-<k>`), which a job called `<job_id>-<k>` would claim."""
+    name = file.rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    index = stem[len(job_id) + 1 :]
+    if stem.startswith(job_id + "-") and index.isascii() and index.isdigit():
+        return stem
+    return None
+
+
+def safe_relative(file: object) -> str | None:
+    """A recorded image path as a clean relative POSIX path inside the run
+    directory, or None when it must not be read: the one rule for every reader
+    (gallery, dataset export, merge).
+
+    Refused: anything not a string, absolute paths, `..`, backslashes (a Windows
+    separator: the ledger writes "/"), and ":" (a drive, a URL scheme, or an NTFS
+    stream; no job id contains one). Hugging Face refuses such a `file_name`,
+    and a tar member must not escape the directory it is extracted into.
+    """
+    # plain string work: pathlib costs more than the stat on a million files
+    if not isinstance(file, str) or file.startswith("/"):
+        return None
+    if "\\" in file or ":" in file or "\x00" in file:
+        return None
+    parts = [part for part in file.split("/") if part not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    return "/".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

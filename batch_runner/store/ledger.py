@@ -1,8 +1,9 @@
 """The append-only JSONL ledger: building records, replaying them, and the one writer.
 
-A job's state is its last record. Replay is pure and forgiving: a line that is
-not a JSON object (a torn write left by a crash) is skipped with a warning
-naming its byte offset, and never hides the lines around it.
+A job's state is its last record. Every line is read by a real JSON parser
+(msgspec), never picked apart by pattern. Replay is pure and forgiving: a line
+that is not a JSON object (a torn write left by a crash) is skipped with a
+warning naming its byte offset, and never hides the lines around it.
 """
 
 from __future__ import annotations
@@ -12,40 +13,88 @@ import contextlib
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import msgspec
+
 from batch_runner.errors import LedgerError
 from batch_runner.models import JobSpec, JobStatus
 from batch_runner.redact import Redactor
+from batch_runner.store.images import legacy_stem
 
 _KNOWN_STATUSES = frozenset(s.value for s in JobStatus)
-#: the start of a whole "succeeded" or "submitted" line from our own writer;
-#: ids or taskids with escapes (quotes, backslashes) take the slow path
-_FAST_HEAD = re.compile(
-    rb'^\{"job_id":"([A-Za-z0-9._-]+)",'
-    rb'"status":"(succeeded|submitted)","taskid":"([^"\\]+)"'
-)
-#: job id and status at the start of a line as LedgerWriter lays it out, for
-#: readers that need no more than that; ids with escapes take the slow path
-RECORD_HEAD = re.compile(
-    rb'^\{"job_id":"([A-Za-z0-9._-]+)",'
-    rb'"status":"(succeeded|submitted|failed|generated)"'
-)
 #: fields of free text from outside (the API, exceptions): the only ones redacted
 FREE_TEXT_FIELDS = frozenset(("msg",))
-#: the end of a "succeeded" line without files: an old --no-download record
-_NO_FILES_TAIL = b',"files":[]}\n'
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 log = logging.getLogger("batch_runner.store.ledger")
 
 #: called with each record once it is written (see LedgerWriter)
 OnRecord = Callable[[dict[str, Any]], object]
+
+
+_DECODER = msgspec.json.Decoder()
+
+
+def loads(raw: bytes | str) -> Any:
+    """One JSON text, parsed whole, integers of any size kept exact: msgspec, then
+    the stdlib for the few texts it refuses that json accepts (NaN, Infinity, lone
+    surrogate escapes), so a line that was readable before stays readable."""
+    try:
+        return _DECODER.decode(raw)
+    except msgspec.DecodeError:
+        return json.loads(raw)
+
+
+class RecordHead(msgspec.Struct, frozen=True):
+    """The fields of a record that replay and the reports read. The parser checks
+    the whole line but builds only these; prompt, meta and the rest are skipped.
+    Every field is `Any`: a hand-edited value of an odd type is the reader's call."""
+
+    job_id: Any = None
+    status: Any = None
+    taskid: Any = None
+    ts: Any = None
+    stage: Any = None
+    msg: Any = None
+    files: Any = None
+    url: Any = None
+    attempts: Any = None
+    run: Any = None
+    uncertain: Any = None
+
+
+_HEAD_DECODER = msgspec.json.Decoder(RecordHead)
+_HEAD_FIELDS = RecordHead.__struct_fields__
+
+
+def decode_head(raw: bytes) -> RecordHead:
+    """The head of the JSON object on `raw`; raises ValueError if it is not one
+    (a torn or hand-broken line)."""
+    try:
+        return _HEAD_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        # what msgspec refuses but json reads (NaN in meta, a lone surrogate)
+        record = json.loads(raw)
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object") from None
+        return RecordHead(**{name: record.get(name) for name in _HEAD_FIELDS})
+
+
+def read_head(raw: bytes) -> RecordHead | None:
+    """The head of the record on one line, or None if the line is unreadable or
+    not a record (no job id, unknown status)."""
+    try:
+        head = decode_head(raw)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(head.job_id, str) and head.job_id and head.status in _KNOWN_STATUSES:
+        return head
+    return None
 
 
 def utc_now_iso() -> str:
@@ -80,7 +129,8 @@ def make_record(
         "prompt": job.prompt,
         "resolution": job.resolution,
         "seed": job.seed,
-        "prompt_extend": bool(job.prompt_extend),
+        # null when the job never set it: the API was sent nothing, not "0"
+        "prompt_extend": job.prompt_extend,
         "meta": dict(job.meta),
     }
     if files is not None:
@@ -143,14 +193,20 @@ def is_generated(record: Mapping[str, Any]) -> bool:
     """Whether a record leaves its images to fetch: "generated", or "succeeded"
     with an empty `files` list and URLs (what --no-download wrote before
     "generated" existed)."""
-    status = record.get("status")
+    return _leaves_images(
+        record.get("status"), record.get("files"), _urls(record.get("url"))
+    )
+
+
+def head_is_generated(head: RecordHead) -> bool:
+    """`is_generated` for a record read with `read_head`."""
+    return _leaves_images(head.status, head.files, _urls(head.url))
+
+
+def _leaves_images(status: Any, files: Any, urls: tuple[str, ...]) -> bool:
     if status == JobStatus.GENERATED:
         return True
-    return (
-        status == JobStatus.SUCCEEDED
-        and record.get("files") == []
-        and bool(_urls(record.get("url")))
-    )
+    return status == JobStatus.SUCCEEDED and files == [] and bool(urls)
 
 
 @dataclass(slots=True)
@@ -163,20 +219,27 @@ class ResumeState:
     generated: dict[str, GeneratedJob] = field(default_factory=dict)
     records: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: image file stems an old run dir gave a job's second and later images
+    #: (`<id>-<k>`), each -> the job that owns it; see store.images.image_stem
+    legacy_stems: dict[str, str] = field(default_factory=dict)
 
     def apply(self, record: Mapping[str, Any]) -> None:
         """Fold one record in; later records override earlier ones."""
-        job_id = record.get("job_id")
-        status = record.get("status")
+        self.apply_head(RecordHead(**{name: record.get(name) for name in _HEAD_FIELDS}))
+
+    def apply_head(self, head: RecordHead) -> None:
+        """`apply` for a record read with `decode_head`."""
+        job_id = head.job_id
+        status = head.status
         if not isinstance(job_id, str) or not job_id:
             raise ValueError("record has no job_id")
-        taskid = record.get("taskid")
+        taskid = head.taskid
         taskid = taskid if isinstance(taskid, str) and taskid else None
         if status not in _KNOWN_STATUSES:
             raise ValueError(f"unknown status {status!r}")
         if status == JobStatus.SUBMITTED and taskid is None:
             raise ValueError("submitted record without a taskid")
-        urls = _urls(record.get("url"))
+        urls = _urls(head.url)
         if status == JobStatus.GENERATED and not urls and taskid is None:
             raise ValueError("generated record without URLs or a taskid")
         self.records += 1
@@ -185,20 +248,31 @@ class ResumeState:
         self.failed.pop(job_id, None)
         self.generated.pop(job_id, None)
         # an old --no-download "succeeded" never fetched its images: work left
-        if is_generated(record):
+        if _leaves_images(status, head.files, urls):
             self.generated[job_id] = GeneratedJob(taskid=taskid, urls=urls)
         elif status == JobStatus.SUCCEEDED:
             self.succeeded.add(job_id)
+            files = head.files
+            # only several images per job were ever named apart from the job id
+            if isinstance(files, list) and len(files) > 1:
+                self._note_legacy_names(job_id, files)
         elif status == JobStatus.SUBMITTED:
             assert taskid is not None
             self.submitted[job_id] = taskid
         else:
-            stage = record.get("stage")
+            stage = head.stage
             self.failed[job_id] = FailedJob(
                 taskid=taskid,
                 stage=stage if isinstance(stage, str) else None,
-                msg=str(record.get("msg") or ""),
+                msg=str(head.msg or ""),
             )
+
+    def _note_legacy_names(self, job_id: str, files: list[Any]) -> None:
+        for file in files:
+            if isinstance(file, str):
+                stem = legacy_stem(job_id, file)
+                if stem is not None:
+                    self.legacy_stems.setdefault(stem, job_id)
 
     def status_of(self, job_id: str) -> JobStatus | None:
         if job_id in self.succeeded:
@@ -220,42 +294,15 @@ def replay(lines: Iterable[bytes], *, name: str = "ledger") -> ResumeState:
     """
     state = ResumeState()
     offset = 0
-    succeeded = state.succeeded
-    submitted = state.submitted
-    failed = state.failed
-    generated = state.generated
     for raw in lines:
         start = offset
         offset += len(raw)
-        # Fast path for the common "succeeded" line as our writer lays it out:
-        # a resume of a million-line ledger must not JSON-parse every line.
-        head = _FAST_HEAD.match(raw)
-        if (
-            head is not None
-            and raw.endswith(b"}\n")
-            and not raw.endswith(_NO_FILES_TAIL)
-        ):
-            job_id = head[1].decode()
-            state.records += 1
-            failed.pop(job_id, None)
-            if generated:
-                generated.pop(job_id, None)
-            if head[2] == b"succeeded":
-                succeeded.add(job_id)
-                submitted.pop(job_id, None)
-            else:
-                succeeded.discard(job_id)
-                submitted[job_id] = head[3].decode()
-            continue
         stripped = raw.strip()
         if not stripped:
             continue
         try:
-            record = json.loads(stripped)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-            state.apply(record)
-        except (ValueError, UnicodeDecodeError) as exc:
+            state.apply_head(decode_head(stripped))
+        except (ValueError, RecursionError) as exc:
             torn = "" if raw.endswith(b"\n") else " (torn last line)"
             state.warnings.append(
                 f"{name}: skipped unreadable line at byte {start}{torn}: {exc}"
@@ -418,8 +465,8 @@ def ledger_lines(path: Path) -> Iterator[bytes]:
 def parse_record(raw: bytes) -> dict[str, Any] | None:
     """The record on one line, or None if it is unreadable or not a record."""
     try:
-        record = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        record = loads(raw)
+    except (ValueError, RecursionError):
         return None
     if (
         isinstance(record, dict)

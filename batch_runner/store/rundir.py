@@ -24,6 +24,8 @@ GALLERY_NAME = "index.html"
 #: under images/: downloads waiting to be re-encoded (no job id contains "/",
 #: so no image is ever named this)
 INCOMING_NAME = ".incoming"
+#: marks a directory as a merge's output, so a later merge may add to it
+MERGE_MARKER_NAME = "merge.json"
 
 
 class RunDir:
@@ -77,6 +79,11 @@ class RunDir:
     @property
     def gallery(self) -> Path:
         return self.root / GALLERY_NAME
+
+    @property
+    def merge_marker(self) -> Path:
+        """Present in a merge's output: the inputs merged into it so far."""
+        return self.root / MERGE_MARKER_NAME
 
     def lock(self) -> contextlib.ExitStack:
         """Hold the run directory *and* the ledger for the length of a `with` block.

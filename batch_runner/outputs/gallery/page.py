@@ -1,6 +1,7 @@
 """A static HTML contact sheet of a run directory: `DIR/index.html`.
 
-The page opens straight from disk (file://): CSS and JS are inline, images are
+The page opens straight from disk (file://): CSS and JS (gallery.css and
+gallery.js, package data beside this module) are inlined, images are
 linked by relative paths, and a Content-Security-Policy pinned to the hashes of
 our own style and script means that even a prompt which slipped past escaping
 could not run code.
@@ -15,17 +16,20 @@ costs a few hundred MB at most and the page stays a few MB.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from importlib import resources
+from pathlib import Path
 from typing import Any, Final, TextIO
 from urllib.parse import quote
 
 from batch_runner.errors import LedgerError
+from batch_runner.store.images import safe_relative
 from batch_runner.store.ledger import iter_records, utc_now_iso
 from batch_runner.store.rundir import RunDir, atomic_write
 
@@ -39,123 +43,42 @@ _FAILED: Final = "failed"
 _SUBMITTED: Final = "submitted"
 _GENERATED: Final = "generated"
 
-_CSS: Final = """
-:root { color-scheme: light dark; --bg: #f6f7f9; --fg: #1c1f24; --muted: #5f6670;
-  --card: #fff; --line: #dde1e6; --thumb: #eceff3; --bad: #b3261e; --good: #1b7f3b;
-  --warn: #8a5a00; --accent: #2f5bd3; }
-@media (prefers-color-scheme: dark) {
-  :root { --bg: #16181c; --fg: #e6e8eb; --muted: #9aa1ab; --card: #1f2227;
-    --line: #33373e; --thumb: #2a2e35; --bad: #ff8a80; --good: #7bd88f;
-    --warn: #f0c36d; --accent: #8fb0ff; }
-}
-* { box-sizing: border-box; }
-[hidden] { display: none !important; }
-body { margin: 0; background: var(--bg); color: var(--fg);
-  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
-header { padding: 18px 24px 0; }
-h1 { margin: 0 0 10px; font-size: 22px; font-weight: 650; overflow-wrap: anywhere; }
-h2 { font-size: 17px; margin: 28px 0 10px; }
-.totals { display: flex; flex-wrap: wrap; gap: 8px; margin: 0; }
-.totals div { background: var(--card); border: 1px solid var(--line);
-  border-radius: 8px; padding: 6px 12px; min-width: 92px; }
-.totals dt { font-size: 11px; text-transform: uppercase; letter-spacing: .04em;
-  color: var(--muted); }
-.totals dd { margin: 0; font-size: 18px; font-weight: 600;
-  font-variant-numeric: tabular-nums; }
-.totals .when dd { font-size: 13px; font-weight: 500; padding-top: 4px; }
-.totals .ok dd { color: var(--good); }
-.totals .bad dd, .totals .bad a { color: var(--bad); }
-.totals .busy dd { color: var(--warn); }
-.toolbar { position: sticky; top: 0; z-index: 2; display: flex; gap: 12px;
-  align-items: center; padding: 12px 24px; background: var(--bg);
-  border-bottom: 1px solid var(--line); }
-.toolbar input { flex: 0 1 420px; font: inherit; padding: 7px 10px;
-  border: 1px solid var(--line); border-radius: 6px; background: var(--card);
-  color: var(--fg); }
-.toolbar output { color: var(--muted); font-variant-numeric: tabular-nums; }
-main { padding: 0 24px 32px; }
-.notice { background: var(--card); border: 1px solid var(--line);
-  border-left: 4px solid var(--warn); border-radius: 6px; padding: 8px 12px; }
-.grid { display: grid; gap: 14px; margin-top: 16px;
-  grid-template-columns: repeat(auto-fill, minmax(190px, 1fr)); }
-.card { margin: 0; display: flex; flex-direction: column; background: var(--card);
-  border: 1px solid var(--line); border-radius: 8px; overflow: hidden; }
-.thumb { display: block; position: relative; aspect-ratio: 1;
-  background: var(--thumb); }
-/* taken out of the flow so a tall image cannot stretch its square */
-.thumb img { position: absolute; inset: 0; width: 100%; height: 100%;
-  object-fit: contain; }
-.thumb.missing { display: flex; align-items: center; justify-content: center;
-  color: var(--muted); font-size: 12px; padding: 8px; text-align: center; }
-figcaption { padding: 8px 10px 10px; display: flex; flex-direction: column;
-  gap: 4px; }
-.prompt { margin: 0; max-height: 5.9em; overflow: auto; overflow-wrap: anywhere; }
-.facts { margin: 0; color: var(--muted); font-size: 12px;
-  font-variant-numeric: tabular-nums; }
-.facts b { font-weight: 500; color: var(--fg); }
-code, .id { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
-  overflow-wrap: anywhere; }
-.id { margin: 0; color: var(--muted); }
-.meta { margin: 0; font-size: 12px; color: var(--accent); overflow-wrap: anywhere; }
-.empty { color: var(--muted); padding: 24px 0; }
-table { border-collapse: collapse; width: 100%; background: var(--card);
-  border: 1px solid var(--line); }
-th, td { text-align: left; vertical-align: top; padding: 6px 10px;
-  border-bottom: 1px solid var(--line); overflow-wrap: anywhere; }
-th { font-size: 12px; color: var(--muted); font-weight: 600; }
-td.msg { color: var(--bad); }
-footer { color: var(--muted); font-size: 12px; padding: 0 24px 24px; }
-"""
-
-# Reads the data attributes and never writes HTML: user text only ever reaches
-# the page through the escaped markup, so the script cannot inject it.
-_JS: Final = """
-(function () {
-  "use strict";
-  var input = document.getElementById("filter");
-  var shown = document.getElementById("shown");
-  var empty = document.getElementById("no-match");
-  var cards = Array.prototype.slice.call(document.querySelectorAll(".card"));
-  function apply() {
-    var needle = input.value.trim().toLowerCase();
-    var n = 0;
-    for (var i = 0; i < cards.length; i++) {
-      var hit = !needle || cards[i].dataset.search.indexOf(needle) !== -1;
-      cards[i].hidden = !hit;
-      if (hit) n++;
-    }
-    shown.textContent = n.toLocaleString("en-US") + " shown";
-    empty.hidden = n !== 0 || cards.length === 0;
-  }
-  input.addEventListener("input", apply);
-  document.addEventListener("keydown", function (e) {
-    if (e.key === "/" && document.activeElement !== input) {
-      e.preventDefault();
-      input.focus();
-    }
-  });
-  apply();
-})();
-"""
-
 
 def _csp_hash(source: str) -> str:
     digest = hashlib.sha256(source.encode("utf-8")).digest()
     return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
 
 
-# `file:` because Chromium does not count a file:// page's siblings as 'self';
-# data: only for the empty favicon that stops a browser from asking for one
-_CSP: Final = "; ".join(
-    [
-        "default-src 'none'",
-        "img-src 'self' file: data:",
-        f"style-src {_csp_hash(_CSS)}",
-        f"script-src {_csp_hash(_JS)}",
-        "base-uri 'none'",
-        "form-action 'none'",
-    ]
-)
+@dataclass(frozen=True, slots=True)
+class _Assets:
+    """The page's own style and script, and the policy that admits only them."""
+
+    css: str
+    js: str
+    csp: str
+
+
+@functools.cache
+def _assets() -> _Assets:
+    # package data (gallery.css, gallery.js beside this module), so they can be
+    # edited and linted as CSS and JS; the script reads data attributes and never
+    # writes HTML, so user text only reaches the page through escaped markup
+    here = resources.files("batch_runner.outputs.gallery")
+    css = here.joinpath("gallery.css").read_text(encoding="utf-8")
+    js = here.joinpath("gallery.js").read_text(encoding="utf-8")
+    # `file:` because Chromium does not count a file:// page's siblings as 'self';
+    # data: only for the empty favicon that stops a browser from asking for one
+    csp = "; ".join(
+        [
+            "default-src 'none'",
+            "img-src 'self' file: data:",
+            f"style-src {_csp_hash(css)}",
+            f"script-src {_csp_hash(js)}",
+            "base-uri 'none'",
+            "form-action 'none'",
+        ]
+    )
+    return _Assets(css, js, csp)
 
 
 @dataclass(slots=True)
@@ -266,16 +189,6 @@ def _seed_text(seed: object) -> str:
     return "random"
 
 
-def _safe_path(file: str) -> str | None:
-    """The ledger's file path as a relative POSIX path, or None if it leaves DIR."""
-    path = PurePosixPath(file.replace("\\", "/"))
-    if not path.parts or path.is_absolute() or ".." in path.parts:
-        return None
-    if ":" in path.parts[0]:  # a Windows drive ("C:") or a URL scheme
-        return None
-    return path.as_posix()
-
-
 def _when(stamp: tuple[datetime, str] | None) -> str:
     if stamp is None:
         return "—"
@@ -294,7 +207,7 @@ def _card(
     resolution = _text(record.get("resolution")) or "—"
     seed = _seed_text(record.get("seed"))
     meta = _meta_text(record.get("meta"))
-    rel = _safe_path(file)
+    rel = safe_relative(file)
     if rel is None:
         thumb = f'<div class="thumb missing">not shown: unsafe path {_e(file)}</div>'
     elif not (run_dir / rel).is_file():
@@ -351,15 +264,16 @@ def _dims(record: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
 
 
 def _head(title: str) -> str:
+    assets = _assets()
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{_e(_CSP)}">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{_e(assets.csp)}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '<meta name="referrer" content="no-referrer">\n'
         '<link rel="icon" href="data:,">\n'
         f"<title>{_e(title)}</title>\n"
-        f"<style>{_CSS}</style>\n"
+        f"<style>{assets.css}</style>\n"
         "</head><body>\n"
     )
 
@@ -460,7 +374,7 @@ def _render(
     out.write(
         f"</main>\n<footer>Generated {_e(utc_now_iso())} from "
         f"<code>{_e(ledger_path.name)}</code>.</footer>\n"
-        f"<script>{_JS}</script>\n</body></html>\n"
+        f"<script>{_assets().js}</script>\n</body></html>\n"
     )
 
 
