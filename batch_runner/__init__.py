@@ -33,7 +33,7 @@ from batch_runner.errors import (
 )
 from batch_runner.exit_codes import ExitCode
 from batch_runner.models import JobSpec, JobStatus
-from batch_runner.outputs.merge import MergeConflictError, MergeError
+from batch_runner.outputs.merge import MergeConflictError, MergeError, MergeTargetError
 from batch_runner.outputs.query import records, status
 from batch_runner.outputs.report import RunStatus
 
@@ -50,6 +50,7 @@ __all__ = [
     "ManifestError",
     "MergeConflictError",
     "MergeError",
+    "MergeTargetError",
     "MissingExtraError",
     "PermanentApiError",
     "Plan",

@@ -341,6 +341,20 @@ def test_merge_into_a_run_directory_that_is_not_an_input_is_refused(
     assert _suspects(a.dir) == {}
 
 
+def test_merge_into_a_run_directory_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From the CLI the refusal is a usage error: exit 2, one line naming OUT_DIR."""
+    from batch_runner.cli.main import main
+
+    a, b = FakeRun(tmp_path / "a"), FakeRun(tmp_path / "b")
+    a.succeed("x")
+    b.succeed("y")
+    assert main(["merge", str(a.dir), str(b.dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(a.dir) in err[0] and "not empty" in err[0]
+
+
 def test_merge_refuses_a_non_empty_directory_but_accepts_empty_or_merged(
     tmp_path: Path,
 ) -> None:

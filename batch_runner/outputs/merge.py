@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from batch_runner.errors import BatchRunnerError
+from batch_runner.errors import BatchRunnerError, UsageError
 from batch_runner.models import JobStatus
 from batch_runner.outputs.dataset import (
     ImageFacts,
@@ -85,6 +85,11 @@ _PARAMS = ("prompt", "resolution", "seed", "meta")
 
 class MergeError(BatchRunnerError):
     """A merge was refused; nothing was written."""
+
+
+class MergeTargetError(MergeError, UsageError):
+    """The directories given cannot be merged as asked (OUT_DIR is an input, is
+    not empty, or an input is not a run directory): a usage error, exit 2."""
 
 
 class MergeConflictError(MergeError):
@@ -407,7 +412,7 @@ def _visible_entries(directory: Path) -> list[str]:
     except FileNotFoundError:
         return []
     except NotADirectoryError:
-        raise MergeError(f"{directory} is not a directory") from None
+        raise MergeTargetError(f"{directory} is not a directory") from None
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -415,7 +420,7 @@ def _check_out_dir(out_dir: Path) -> None:
     entries = _visible_entries(out_dir)
     if entries and MERGE_MARKER_NAME not in entries:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-        raise MergeError(
+        raise MergeTargetError(
             f"{out_dir} is not empty ({shown}) and not the output of an earlier "
             "merge (no merge.json); merge into a new or empty directory"
         )
@@ -444,18 +449,22 @@ def merge_runs(out_dir: Path, run_dirs: Sequence[Path]) -> MergeReport:
     the attempt log, the images, and a rebuilt metadata.jsonl.
 
     Raises MergeConflictError (naming the job and both directories) when inputs
-    disagree, MergeError when `out_dir` is one of the inputs, is not empty and
-    not an earlier merge's output, or an input is not a run directory; either
-    way before writing anything. OUT_DIR is locked like a run directory while
-    merging.
+    disagree, MergeTargetError (a MergeError and a UsageError) when `out_dir` is
+    one of the inputs, is not empty and not an earlier merge's output, or an
+    input is not a run directory; either way before writing anything. OUT_DIR
+    is locked like a run directory while merging.
     """
     if not run_dirs:
-        raise MergeError("nothing to merge: no run directories given")
+        raise MergeTargetError("nothing to merge: no run directories given")
     if any(_same_dir(run_dir, out_dir) for run_dir in run_dirs):
-        raise MergeError(f"{out_dir} is one of the inputs; merge into a new directory")
+        raise MergeTargetError(
+            f"{out_dir} is one of the inputs; merge into a new directory"
+        )
     for run_dir in run_dirs:
         if not RunDir(run_dir).ledger.is_file():
-            raise MergeError(f"{run_dir} is not a run directory: no {LEDGER_NAME}")
+            raise MergeTargetError(
+                f"{run_dir} is not a run directory: no {LEDGER_NAME}"
+            )
     _check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = RunDir(out_dir)
