@@ -680,6 +680,8 @@ def test_css_and_js_are_package_data_used_verbatim(mixed_run: Path) -> None:
     assert doc.one("script").raw_text() == js
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_built_wheel_ships_the_gallery_assets(tmp_path: Path) -> None:
     """`pip wheel` of the project (a non-editable install's contents) includes
     gallery.css and gallery.js beside the gallery code."""

@@ -321,6 +321,8 @@ def test_event_loop_choice(tmp_path: Path, loop: str) -> None:
     assert len(final_states(tmp_path / "out" / "ledger.jsonl")) == 3
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_failed_jsonl_retry_merges_with_the_original_run(tmp_path: Path) -> None:
     """Run with submit faults, `failed --format jsonl`, run that retry into another
     directory, merge both: no conflict, every job succeeded exactly once, and
@@ -377,6 +379,8 @@ def test_failed_jsonl_retry_merges_with_the_original_run(tmp_path: Path) -> None
     assert len(succeeded_lines) == len(jobs)
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_a_job_with_two_images_and_a_job_named_like_its_file_keep_both_images(
     tmp_path: Path,
 ) -> None:
