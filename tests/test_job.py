@@ -228,7 +228,7 @@ async def test_no_download_records_generated_and_a_later_run_fetches(
         ("download", "mem://t-j0/0"),
         ("download", "mem://t-j0/1"),
     ]
-    assert second.ledger()[-1]["files"] == ["images/j0-0.png", "images/j0-1.png"]
+    assert second.ledger()[-1]["files"] == ["images/j0~0.png", "images/j0~1.png"]
 
 
 async def test_expired_urls_fall_back_to_the_taskid(tmp_path: Path) -> None:
