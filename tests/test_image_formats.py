@@ -139,12 +139,12 @@ async def test_each_format_is_stored_downscaled_and_described(
 async def test_several_images_per_task_are_each_stored(
     sim: SimFactory, tmp_path: Path
 ) -> None:
-    """A task with two images stores `<id>-0.jpg` and `<id>-1.jpg`, each with
+    """A task with two images stores `<id>~0.jpg` and `<id>~1.jpg`, each with
     its own facts and source."""
     server = await sim(images_per_task=2)
     await run_with(server.url, tmp_path, ImageOptions(ImageFormat.JPEG), [WIDE])
     record = final_states(tmp_path / "ledger.jsonl")["wide"]
-    assert record["files"] == ["images/wide-0.jpg", "images/wide-1.jpg"]
+    assert record["files"] == ["images/wide~0.jpg", "images/wide~1.jpg"]
     assert len(record["url"]) == 2
     for facts in record["images"]:
         data = (tmp_path / facts["file"]).read_bytes()
