@@ -7,6 +7,7 @@ BatchRunnerError
 ├── LedgerError                        the ledger cannot be read or written
 ├── RunLockedError                     another run holds the run directory or ledger
 ├── TranscodeError                     a downloaded image cannot be re-encoded
+├── StoreError                         an object store cannot be read or written
 └── ApiError                           anything the API said or failed to say
     ├── TransientApiError              network, 429, 5xx, bad body, 9999: retry
     │   └── TaskNotFoundError          a poll for a taskid the server does not know
@@ -68,6 +69,10 @@ class RunLockedError(BatchRunnerError):
 
 class TranscodeError(BatchRunnerError):
     """A downloaded image cannot be decoded or re-encoded in the asked format."""
+
+
+class StoreError(BatchRunnerError):
+    """An object store (the run's bucket) cannot be reached, read or written."""
 
 
 class ApiError(BatchRunnerError):

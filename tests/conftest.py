@@ -66,6 +66,9 @@ _FIXTURE_TIERS = {
     "finished_run": ("integration",),
     "browser": ("subprocess", "slow"),
     "hf": ("slow",),
+    # moto's S3 server on loopback (started once per session, as a child process)
+    "moto_endpoint": ("integration",),
+    "s3_bucket": ("integration",),
 }
 #: files whose tests all need more than the process they run in
 _FILE_TIERS = {
@@ -73,6 +76,7 @@ _FILE_TIERS = {
     "test_cli.py": ("subprocess", "slow"),
     "test_torture.py": ("subprocess", "slow"),
     "test_slurm.py": ("subprocess", "slow"),
+    "test_bucket_run.py": ("subprocess", "slow"),
     "test_ops.py": ("integration",),
     "test_client.py": ("integration",),
     "test_runner.py": ("integration",),
@@ -147,3 +151,7 @@ def _guard_pure_tier(
     yield
     if touched:
         pytest.fail(f"a test marked pure used {', '.join(sorted(set(touched)))}")
+
+
+# a real S3-compatible server (moto) for the object-storage tests
+from tests.s3server import moto_endpoint, s3_bucket  # noqa: E402, F401
