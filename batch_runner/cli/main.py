@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -34,6 +35,9 @@ from batch_runner.outputs.report import (
     write_failed_jsonl,
 )
 from batch_runner.simulator import app as simulator
+from batch_runner.store import bucket as bucket_store
+from batch_runner.store.bucket import DEFAULT_SYNC_INTERVAL
+from batch_runner.store.remote import RemoteUrl, Store, open_store
 from batch_runner.store.rundir import RunDir
 from batch_runner.store.transcode import DEFAULT_QUALITY, ImageFormat
 from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES
@@ -59,7 +63,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_location(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, help="run directory (default runs/<stem>)")
+    p.add_argument(
+        "--out",
+        type=t.location,
+        help="run directory (default runs/<stem>), or a bucket URL such as "
+        "s3://bucket/prefix",
+    )
     p.add_argument("--ledger", type=Path, help="ledger (default DIR/ledger.jsonl)")
 
 
@@ -98,6 +107,19 @@ def _add_run_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     run.add_argument("manifest", type=Path, help="YAML, CSV or JSONL manifest")
     _add_location(run)
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        help="with --out URL: the local working copy (ledger, lock, partial "
+        "downloads); default a folder per URL under ~/.cache/zimage-batch-runner",
+    )
+    run.add_argument(
+        "--sync-interval",
+        type=t.positive_float,
+        default=DEFAULT_SYNC_INTERVAL,
+        help="with --out URL: seconds between uploads of new ledger records "
+        f"(default {DEFAULT_SYNC_INTERVAL:g}; also at every clean stop)",
+    )
     where = run.add_mutually_exclusive_group()
     where.add_argument(
         "--base-url",
@@ -307,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gallery.add_argument(
         "run_dir",
-        type=Path,
+        type=t.location,
         nargs="?",
         metavar="DIR",
         help="the run directory (default: the directory of --ledger)",
@@ -321,8 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a run as WebDataset tar shards",
         description="Export the succeeded images of a run directory as a dataset.",
     )
-    export.add_argument("run_dir", type=Path, metavar="DIR")
-    export.add_argument("out", type=Path, metavar="OUT")
+    export.add_argument("run_dir", type=t.location, metavar="DIR")
+    export.add_argument("out", type=t.local_dir, metavar="OUT")
     export.add_argument("--ledger", type=Path, help="ledger (default DIR/ledger.jsonl)")
     export.add_argument(
         "--format",
@@ -343,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge run directories (ledgers and images) into OUT_DIR, "
         "refusing conflicting results.",
     )
-    merge.add_argument("out_dir", type=Path, metavar="OUT_DIR")
-    merge.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    merge.add_argument("out_dir", type=t.local_dir, metavar="OUT_DIR")
+    merge.add_argument("run_dirs", type=t.location, nargs="+", metavar="RUN_DIR")
 
     sim = sub.add_parser(
         "simulator",
@@ -358,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
 # -- commands -------------------------------------------------------------------
 
 
-def _run_dir(manifest: Path | None, out: Path | None, shard: Shard | None) -> Path:
+def _run_dir(
+    manifest: Path | None, out: Path | RemoteUrl | None, shard: Shard | None
+) -> Path | RemoteUrl:
     if out is not None:
         return out
     if manifest is None:
@@ -379,8 +403,8 @@ def _shard(ns: argparse.Namespace) -> Shard | None:
         raise UsageError(str(exc)) from None
 
 
-def _check_dir(path: Path | None, option: str) -> None:
-    if path is not None and path.exists() and not path.is_dir():
+def _check_dir(path: Path | RemoteUrl | None, option: str) -> None:
+    if isinstance(path, Path) and path.exists() and not path.is_dir():
         raise UsageError(f"{option} {path}: is a file, not a directory")
 
 
@@ -400,14 +424,29 @@ def _existing_ledger(path: Path, where: str = "--out DIR") -> Path:
 
 def _location(ns: argparse.Namespace, shard: Shard | None) -> tuple[Path, Path]:
     """(run directory, ledger) of an existing run, from the same options as `run`;
-    with only --ledger, the run directory is the ledger's."""
+    with only --ledger, the run directory is the ledger's. A bucket `--out` is
+    handled by the caller (see `_bucket_store`)."""
     _check_dir(ns.out, "--out")
     _check_file(ns.ledger, "--ledger")
     if ns.out is None and ns.manifest is None and ns.ledger is not None:
-        run_dir = ns.ledger.parent
+        run_dir: Path | RemoteUrl = ns.ledger.parent
     else:
         run_dir = _run_dir(ns.manifest, ns.out, shard)
+    assert isinstance(run_dir, Path)
     return run_dir, _existing_ledger(RunDir(run_dir, ledger=ns.ledger).ledger)
+
+
+def _bucket_store(url: RemoteUrl, ledger: Path | None = None) -> Store:
+    if ledger is not None:
+        raise UsageError(
+            f"--ledger cannot be used with --out {url}: the ledger is in the bucket"
+        )
+    return open_store(url)
+
+
+async def _fetch_for_status(store: Store, dest: Path) -> set[str]:
+    await bucket_store.fetch_ledger(store, dest)
+    return await bucket_store.image_keys(store)
 
 
 def _base_url(flag: str | None) -> str:
@@ -441,9 +480,12 @@ def cmd_run(ns: argparse.Namespace) -> int:
     out_dir = _run_dir(ns.manifest, ns.out, shard)
     _check_dir(out_dir, "--out")
     _check_file(ns.ledger, "--ledger")
+    if ns.state_dir is not None and not isinstance(out_dir, RemoteUrl):
+        raise UsageError("--state-dir goes with --out URL (an object store)")
+    _check_dir(ns.state_dir, "--state-dir")
     return run_command(
         ns,
-        out_dir=out_dir,
+        out_dir=out_dir.url if isinstance(out_dir, RemoteUrl) else out_dir,
         shard=shard,
         api_key=api_key,
         base_url=base_url,
@@ -453,28 +495,64 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 def cmd_status(ns: argparse.Namespace) -> int:
     shard = _shard(ns)
-    run_dir, ledger = _location(ns, shard)
-    status = run_status(
-        ledger, run_dir, ns.manifest, keep=shard.keeps if shard is not None else None
-    )
+    keep = shard.keeps if shard is not None else None
+    if isinstance(ns.out, RemoteUrl):
+        store = _bucket_store(ns.out, ns.ledger)
+        with tempfile.TemporaryDirectory() as tmp:
+            keys = asyncio.run(_fetch_for_status(store, Path(tmp)))
+            status = run_status(
+                Path(tmp) / "ledger.jsonl", Path(tmp), ns.manifest, keep
+            )
+        status.images_on_disk = len(keys)
+        where = ns.out.url
+    else:
+        run_dir, ledger = _location(ns, shard)
+        status = run_status(ledger, run_dir, ns.manifest, keep=keep)
+        where = str(run_dir)
     if ns.json:
         print(json.dumps(status.to_json(), ensure_ascii=False))
     else:
-        print(format_status(status, str(run_dir)))
+        print(format_status(status, where))
     return ExitCode.OK
 
 
 def cmd_failed(ns: argparse.Namespace) -> int:
-    _, ledger = _location(ns, _shard(ns))
+    shard = _shard(ns)
     write = write_failed_jsonl if ns.format == "jsonl" else write_failed_csv
-    count = write(ledger, sys.stdout, sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(ns.out, RemoteUrl):
+            store = _bucket_store(ns.out, ns.ledger)
+            ledger = asyncio.run(bucket_store.fetch_ledger(store, Path(tmp)))
+        else:
+            _, ledger = _location(ns, shard)
+        count = write(ledger, sys.stdout, sys.stderr)
     log.info("%d failed job(s)", count)
     return ExitCode.OK
+
+
+async def _bucket_gallery(url: RemoteUrl, tmp: Path) -> str:
+    from batch_runner.outputs.gallery import write_gallery
+
+    store = open_store(url)
+    await bucket_store.fetch_ledger(store, tmp)
+    keys = await bucket_store.image_keys(store)
+    name = url.prefix.rsplit("/", 1)[-1] or url.bucket
+    page = await asyncio.to_thread(
+        write_gallery, tmp, title=f"{name} — gallery", exists=keys.__contains__
+    )
+    # beside images/, so its relative links work wherever the bucket is served
+    await store.put_file(page.name, page)
+    return url.child(page.name)
 
 
 def cmd_gallery(ns: argparse.Namespace) -> int:
     from batch_runner.outputs.gallery import write_gallery
 
+    if isinstance(ns.run_dir, RemoteUrl):
+        _bucket_store(ns.run_dir, ns.ledger)
+        with tempfile.TemporaryDirectory() as tmp:
+            print(asyncio.run(_bucket_gallery(ns.run_dir, Path(tmp))))
+        return ExitCode.OK
     _check_file(ns.ledger, "--ledger")
     if ns.run_dir is None and ns.ledger is None:
         raise UsageError("give the run directory DIR (or the ledger with --ledger)")
@@ -486,14 +564,43 @@ def cmd_gallery(ns: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _fetch_run(url: RemoteUrl, dest: Path) -> None:
+    """Ledger and images of a bucket run into `dest` (a temporary folder)."""
+
+    async def fetch() -> int:
+        store = open_store(url)
+        await bucket_store.fetch_ledger(store, dest)
+        return await bucket_store.fetch_images(
+            store, dest, await bucket_store.image_keys(store)
+        )
+
+    count = asyncio.run(fetch())
+    log.info("%s: fetched the ledger and %d image(s)", url, count)
+
+
 def cmd_export(ns: argparse.Namespace) -> int:
     from batch_runner.outputs.dataset import export_webdataset
 
-    _check_dir(ns.run_dir, "DIR")
-    _check_file(ns.ledger, "--ledger")
-    ledger = _existing_ledger(RunDir(ns.run_dir, ledger=ns.ledger).ledger, "DIR")
     _check_dir(ns.out, "OUT")
-    shards = export_webdataset(ns.run_dir, ns.out, ns.shard_size, ledger)
+    with contextlib.ExitStack() as scratch:
+        if isinstance(ns.run_dir, RemoteUrl):
+            _bucket_store(ns.run_dir, ns.ledger)
+            # the tar shards need every image's bytes: fetched beside the
+            # output (same disk), removed once the shards are written
+            ns.out.mkdir(parents=True, exist_ok=True)
+            run_dir = Path(
+                scratch.enter_context(
+                    tempfile.TemporaryDirectory(dir=ns.out, prefix=".fetch-")
+                )
+            )
+            _fetch_run(ns.run_dir, run_dir)
+            ledger = run_dir / "ledger.jsonl"
+        else:
+            run_dir = ns.run_dir
+            _check_dir(run_dir, "DIR")
+            _check_file(ns.ledger, "--ledger")
+            ledger = _existing_ledger(RunDir(run_dir, ledger=ns.ledger).ledger, "DIR")
+        shards = export_webdataset(run_dir, ns.out, ns.shard_size, ledger)
     for shard in shards:
         print(shard)
     log.info("%d shard(s) written to %s", len(shards), ns.out)
@@ -503,7 +610,27 @@ def cmd_export(ns: argparse.Namespace) -> int:
 def cmd_merge(ns: argparse.Namespace) -> int:
     from batch_runner.outputs.merge import merge_runs
 
-    report = merge_runs(ns.out_dir, ns.run_dirs)
+    out_dir: Path = ns.out_dir
+    with contextlib.ExitStack() as scratch:
+        run_dirs: list[Path] = []
+        fetched: Path | None = None
+        for run_dir in ns.run_dirs:
+            if isinstance(run_dir, RemoteUrl):
+                if fetched is None:
+                    # inside OUT_DIR: the same disk, so images are hardlinked
+                    # into place rather than copied a second time
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    fetched = Path(
+                        scratch.enter_context(
+                            tempfile.TemporaryDirectory(dir=out_dir, prefix=".fetch-")
+                        )
+                    )
+                local = fetched / str(len(run_dirs))
+                _fetch_run(run_dir, local)
+                run_dirs.append(local)
+            else:
+                run_dirs.append(run_dir)
+        report = merge_runs(out_dir, run_dirs)
     log.info(
         "merged %d run director%s into %s: %d jobs (%d succeeded, %d failed, "
         "%d submitted), %d image(s) copied",

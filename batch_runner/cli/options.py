@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from batch_runner.engine.sharding import parse_shard
+from batch_runner.errors import StoreError
+from batch_runner.store.remote import RemoteUrl, is_remote, parse_url
 from batch_runner.wire.urls import check_base_url
 
 N = TypeVar("N", int, float)
@@ -125,3 +128,22 @@ def base_url(text: str) -> str:
 def port(text: str) -> int:
     """A TCP port; 0 picks a free one."""
     return whole_at_least(0, 65535)(text)
+
+
+def location(text: str) -> Path | RemoteUrl:
+    """A run directory: a local path, or an object-store URL (s3://bucket/prefix)."""
+    if is_remote(text):
+        try:
+            return parse_url(text)
+        except StoreError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return Path(text)
+
+
+def local_dir(text: str) -> Path:
+    """An output folder that must be local (merge and export write files)."""
+    if is_remote(text):
+        raise argparse.ArgumentTypeError(
+            f"{text}: must be a local directory (the inputs may be bucket URLs)"
+        )
+    return Path(text)

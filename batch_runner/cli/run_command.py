@@ -25,13 +25,14 @@ log = logging.getLogger("batch_runner")
 def run_command(
     ns: argparse.Namespace,
     *,
-    out_dir: Path,
+    out_dir: Path | str,
     shard: Shard | None,
     api_key: str,
     base_url: str | None,
     progress: bool,
 ) -> int:
-    """Run (or dry-run) the manifest in `ns`; returns the exit code."""
+    """Run (or dry-run) the manifest in `ns`; returns the exit code. `out_dir`
+    is a folder, or an object-store URL (str) worked on in `ns.state_dir`."""
     try:
         if ns.dry_run:
             # what the run would refuse, the dry run refuses too
@@ -79,6 +80,8 @@ def run_command(
             mock_fault_rate=ns.mock_fault_rate,
             mock_generation_time=ns.mock_generation_time,
             event_loop=ns.event_loop,
+            state_dir=ns.state_dir,
+            sync_interval=ns.sync_interval,
         )
     except RunLockedError as exc:
         log.error("%s", exc)

@@ -16,10 +16,12 @@ import math
 import os
 import secrets
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
@@ -28,17 +30,33 @@ from batch_runner.engine.plan import PlanCounts, plan_counter, work_items
 from batch_runner.engine.progress import NullProgress, Progress, TqdmProgress
 from batch_runner.engine.result import Plan, RunResult, conclude
 from batch_runner.engine.retry import RetryPolicy
-from batch_runner.engine.runner import Runner, RunOptions
+from batch_runner.engine.runner import Api, Runner, RunOptions
 from batch_runner.engine.runner import RunResult as RunTally
 from batch_runner.engine.sharding import Shard, as_shard
 from batch_runner.engine.transcoder import Transcoder
-from batch_runner.errors import BatchRunnerError, UsageError
+from batch_runner.engine.uploads import UploadingApi
+from batch_runner.errors import BatchRunnerError, StoreError, UsageError
+from batch_runner.exit_codes import ExitCode
 from batch_runner.manifest.items import Jobs, job_source
 from batch_runner.manifest.reader import ManifestSource, iter_jobs, validate_manifest
 from batch_runner.models import JobSpec
 from batch_runner.outputs.dataset import write_metadata
 from batch_runner.simulator import app as simulator
+from batch_runner.store.bucket import (
+    DEFAULT_SYNC_INTERVAL,
+    BucketRun,
+    fetch_ledger_if_any,
+    run_blocking,
+)
 from batch_runner.store.ledger import LedgerWriter, ResumeState, read_ledger
+from batch_runner.store.remote import (
+    RemoteUrl,
+    Store,
+    default_state_dir,
+    is_remote,
+    open_store,
+    parse_url,
+)
 from batch_runner.store.rundir import RunDir
 from batch_runner.store.transcode import ImageFormatName, ImageOptions, image_options
 from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES, ZImageClient
@@ -76,6 +94,9 @@ class _Settings:
     on_record: OnRecord | None
     handle_signals: bool
     images: ImageOptions
+    #: the run directory is this bucket; `run_dir.root` is then its state dir
+    store: Store | None = None
+    sync_interval: float = DEFAULT_SYNC_INTERVAL
 
 
 # -- the public calls ------------------------------------------------------------
@@ -112,6 +133,8 @@ async def run_batch(
     handle_signals: bool = False,
     mock_fault_rate: float = 0.0,
     mock_generation_time: float = 0.5,
+    state_dir: str | os.PathLike[str] | None = None,
+    sync_interval: float = DEFAULT_SYNC_INTERVAL,
 ) -> RunResult:
     """Run (or resume) a batch of jobs; returns when every job in scope is done
     or the run stopped. Rerunning with the same `out` resumes: finished jobs are
@@ -141,9 +164,16 @@ async def run_batch(
     those in flight, a second signal cancels them. Cancelling the call's task
     cancels the in-flight jobs; the ledger keeps every record written.
 
+    `out` may be an object-store URL (`s3://bucket/prefix`, also gs://, az://;
+    the `s3` extra): the run then works in `state_dir` (default: a folder per
+    URL under the user's cache directory), restores it from the bucket when it
+    is empty, uploads each image as it arrives and the new ledger records every
+    `sync_interval` seconds and at every clean stop.
+
     Raises ManifestError (bad job), UsageError (bad keyword value, no key;
-    MissingExtraError, a UsageError, when Pillow is needed and missing),
-    RunLockedError (another run holds `out` or the ledger), LedgerError.
+    MissingExtraError, a UsageError, when Pillow or the `s3` extra is needed and
+    missing), RunLockedError (another run holds `out` or the ledger),
+    LedgerError, StoreError (the bucket cannot be read when the run starts).
     Slow file work (validation, the metadata index) runs in a worker thread so
     the event loop stays responsive.
     """
@@ -177,6 +207,8 @@ async def run_batch(
         handle_signals=handle_signals,
         mock_fault_rate=mock_fault_rate,
         mock_generation_time=mock_generation_time,
+        state_dir=state_dir,
+        sync_interval=sync_interval,
     )
     return await _run_async(settings)
 
@@ -213,6 +245,8 @@ def run_batch_sync(
     mock_fault_rate: float = 0.0,
     mock_generation_time: float = 0.5,
     event_loop: EventLoop = "auto",
+    state_dir: str | os.PathLike[str] | None = None,
+    sync_interval: float = DEFAULT_SYNC_INTERVAL,
 ) -> RunResult:
     """`run_batch` for code that is not async: same arguments, same result.
 
@@ -254,6 +288,8 @@ def run_batch_sync(
         handle_signals=handle_signals,
         mock_fault_rate=mock_fault_rate,
         mock_generation_time=mock_generation_time,
+        state_dir=state_dir,
+        sync_interval=sync_interval,
     )
     factory = loop_factory(event_loop)
     try:
@@ -280,18 +316,24 @@ def plan(
 ) -> Plan:
     """What `run_batch` would do now, sending nothing (a dry run): the jobs are
     validated exactly as for a run and compared with the ledger. Takes no lock
-    and needs no key. Raises ManifestError on a bad job."""
-    run_dir = RunDir(out, ledger=ledger)
+    and needs no key. Raises ManifestError on a bad job. With a bucket URL as
+    `out`, the ledger is read from the bucket (into a temporary folder, never
+    into the state dir a run may be using)."""
     chosen = as_shard(shard)
     if max_jobs is not None:
         _check_int("max_jobs", max_jobs, 0)
-    counts, _, _ = _survey(
-        job_source(jobs),
-        run_dir,
-        retry_failed=retry_failed,
-        shard=chosen,
-        download=download,
-    )
+    with contextlib.ExitStack() as scratch:
+        run_dir, store = _locate(out, ledger, None)
+        if store is not None:
+            run_dir = RunDir(scratch.enter_context(tempfile.TemporaryDirectory()))
+            run_blocking(fetch_ledger_if_any(store, run_dir.root))
+        counts, _, _ = _survey(
+            job_source(jobs),
+            run_dir,
+            retry_failed=retry_failed,
+            shard=chosen,
+            download=download,
+        )
     return Plan.from_counts(
         counts, max_jobs=max_jobs, shard=chosen.label if chosen else None
     )
@@ -304,6 +346,9 @@ async def _run_async(s: _Settings) -> RunResult:
     started = time.monotonic()
     _check_signals_allowed(s)
     with s.run_dir.lock():
+        bucket = _bucket_of(s)
+        if bucket is not None:
+            await bucket.open()
         counts, state, repeated = await asyncio.to_thread(
             _survey,
             s.source,
@@ -313,11 +358,14 @@ async def _run_async(s: _Settings) -> RunResult:
             download=s.options.download,
         )
         the_plan = _announce(s, counts)
-        tally = await _execute(s, state, counts, repeated)
+        tally = await _execute(s, state, counts, repeated, bucket)
         # the resume state can be large; let it go before the metadata pass
         del state
-        await asyncio.to_thread(refresh_metadata, s.run_dir)
-        return _result(s, tally, the_plan, started)
+        if bucket is not None:
+            await refresh_bucket_metadata(s.run_dir, bucket)
+        else:
+            await asyncio.to_thread(refresh_metadata, s.run_dir)
+        return _result(s, tally, the_plan, started, bucket)
 
 
 def _run_here(
@@ -327,7 +375,10 @@ def _run_here(
     validation stops at once), the network part on an event loop of its own."""
     started = time.monotonic()
     _check_signals_allowed(s)
-    with s.run_dir.lock():
+    with s.run_dir.lock(), asyncio.Runner(loop_factory=factory) as runner:
+        bucket = _bucket_of(s)
+        if bucket is not None:
+            runner.run(bucket.open())
         counts, state, repeated = _survey(
             s.source,
             s.run_dir,
@@ -336,11 +387,13 @@ def _run_here(
             download=s.options.download,
         )
         the_plan = _announce(s, counts)
-        with asyncio.Runner(loop_factory=factory) as runner:
-            tally = runner.run(_execute(s, state, counts, repeated))
+        tally = runner.run(_execute(s, state, counts, repeated, bucket))
         del state
-        refresh_metadata(s.run_dir)
-        return _result(s, tally, the_plan, started)
+        if bucket is not None:
+            runner.run(refresh_bucket_metadata(s.run_dir, bucket))
+        else:
+            refresh_metadata(s.run_dir)
+        return _result(s, tally, the_plan, started, bucket)
 
 
 def _run_on_worker_thread(
@@ -445,14 +498,30 @@ def _announce(s: _Settings, counts: PlanCounts) -> Plan:
     return the_plan
 
 
-def _result(s: _Settings, tally: RunTally, the_plan: Plan, started: float) -> RunResult:
-    return conclude(
+def _result(
+    s: _Settings,
+    tally: RunTally,
+    the_plan: Plan,
+    started: float,
+    bucket: BucketRun | None = None,
+) -> RunResult:
+    result = conclude(
         tally,
         the_plan,
         elapsed=time.monotonic() - started,
         out=s.run_dir.root,
         ledger=s.run_dir.ledger,
     )
+    if bucket is not None and not bucket.synced and result.exit_code == ExitCode.OK:
+        # the last records are only in the state dir: not a finished run yet
+        return replace(result, exit_code=ExitCode.FAILED)
+    return result
+
+
+def _bucket_of(s: _Settings) -> BucketRun | None:
+    if s.store is None:
+        return None
+    return BucketRun(s.store, s.run_dir.root, sync_interval=s.sync_interval)
 
 
 async def _execute(
@@ -460,9 +529,15 @@ async def _execute(
     state: ResumeState,
     counts: PlanCounts,
     repeated: frozenset[str],
+    bucket: BucketRun | None = None,
 ) -> RunTally:
-    """The network part: simulator (if mock), session, client, writers, runner."""
+    """The network part: simulator (if mock), session, client, writers, runner;
+    with a bucket, its periodic sync and the final one."""
     async with contextlib.AsyncExitStack() as stack:
+        if bucket is not None:
+            # registered first, so it runs last: after the ledger writers have
+            # flushed every record, the final sync uploads them all
+            stack.push_async_callback(bucket.close)
         base_url = s.base_url
         if base_url is None:
             sim = await stack.enter_async_context(
@@ -485,13 +560,15 @@ async def _execute(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
             )
         )
-        client = ZImageClient(
+        client: Api = ZImageClient(
             session,
             base_url,
             s.api_key,
             request_timeout=s.request_timeout,
             max_image_bytes=s.max_image_bytes,
         )
+        if bucket is not None:
+            client = UploadingApi(client, bucket)
         ledger = await stack.enter_async_context(
             LedgerWriter(
                 s.run_dir.ledger,
@@ -511,6 +588,8 @@ async def _execute(
             if s.images.transcodes
             else None
         )
+        if bucket is not None:
+            bucket.start()
         progress: Progress = (
             TqdmProgress(counts.in_scope)
             if s.progress and counts.in_scope
@@ -572,6 +651,22 @@ def refresh_metadata(run_dir: RunDir) -> None:
     log.info("metadata.jsonl: %d image(s)", rows)
 
 
+async def refresh_bucket_metadata(run_dir: RunDir, bucket: BucketRun) -> None:
+    """Rebuild metadata.jsonl against the images in the bucket, and upload it."""
+    where = bucket.url.child(run_dir.metadata.name)
+    try:
+        present = await bucket.image_keys()
+        rows = await asyncio.to_thread(
+            write_metadata, run_dir.root, run_dir.ledger, present=present.__contains__
+        )
+        await bucket.upload_metadata(run_dir.metadata)
+    except (OSError, BatchRunnerError) as exc:
+        # the images and the ledger are what matter; the index can be rebuilt
+        log.warning("could not write %s: %s", where, exc)
+        return
+    log.info("metadata.jsonl: %d image(s)", rows)
+
+
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop when asked for (or, with "auto", when installed)."""
     if choice not in ("auto", "asyncio", "uvloop"):
@@ -628,6 +723,8 @@ def _settings(
     handle_signals: bool,
     mock_fault_rate: float,
     mock_generation_time: float,
+    state_dir: str | os.PathLike[str] | None = None,
+    sync_interval: float = DEFAULT_SYNC_INTERVAL,
 ) -> _Settings:
     """Check every keyword (UsageError names the bad one) and resolve defaults."""
     adaptive = concurrency == "auto"
@@ -652,6 +749,8 @@ def _settings(
         raise UsageError(f"on_record must be callable, got {on_record!r}")
     # before the key: a missing extra is the first thing to fix
     images = image_options(image_format, quality, max_side, download=download)
+    _check_float("sync_interval", sync_interval, low=0.0, inclusive=False)
+    run_dir, store = _locate(out, ledger, state_dir)
     key, url = _where_to_send(api_key, base_url, mock)
     options = RunOptions(
         concurrency=max_concurrency if adaptive else int(concurrency),
@@ -668,7 +767,7 @@ def _settings(
     )
     return _Settings(
         source=job_source(jobs),
-        run_dir=RunDir(out, ledger=ledger),
+        run_dir=run_dir,
         api_key=key,
         base_url=url,
         options=options,
@@ -683,7 +782,38 @@ def _settings(
         on_record=on_record,
         handle_signals=handle_signals,
         images=images,
+        store=store,
+        sync_interval=sync_interval,
     )
+
+
+def _locate(
+    out: str | os.PathLike[str],
+    ledger: str | os.PathLike[str] | None,
+    state_dir: str | os.PathLike[str] | None,
+) -> tuple[RunDir, Store | None]:
+    """The run directory for `out`: a local folder, or for an object-store URL
+    its state dir (published at the URL) and the store; raises UsageError (or
+    MissingExtraError) for what cannot work."""
+    text = os.fspath(out)
+    if not is_remote(text):
+        if state_dir is not None:
+            raise UsageError(
+                "state_dir (--state-dir) goes with an object-store out (s3://...)"
+            )
+        return RunDir(out, ledger=ledger), None
+    try:
+        url: RemoteUrl = parse_url(text)
+    except StoreError as exc:
+        raise UsageError(f"out: {exc}") from None
+    if ledger is not None:
+        raise UsageError(
+            f"ledger (--ledger) cannot be used with out {url}: the ledger is in "
+            "the bucket"
+        )
+    store = open_store(url)  # MissingExtraError now, not after validating
+    root = Path(state_dir) if state_dir is not None else default_state_dir(url)
+    return RunDir(root, location=url.url), store
 
 
 def _where_to_send(

@@ -17,7 +17,7 @@ import math
 import os
 import re
 import tarfile
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -191,12 +191,15 @@ def record_files(record: Mapping[str, Any]) -> list[str]:
 
 
 def image_facts(
-    run_dir: Path, record: Mapping[str, Any]
+    run_dir: Path,
+    record: Mapping[str, Any],
+    exists: Callable[[str], bool] | None = None,
 ) -> tuple[list[ImageFacts], list[str]]:
     """The facts of each of a record's files that is on disk, and those that are not.
 
     Facts come from the record's `images` when it has them (a stat, no read);
-    records written before `images` existed have their files hashed.
+    records written before `images` existed have their files hashed. `exists`
+    answers "is this file there" instead of the disk (a run in a bucket).
     """
     known: dict[str, dict[str, Any]] = {}
     images = record.get("images")
@@ -209,7 +212,9 @@ def image_facts(
     root = os.fspath(run_dir)
     for index, file in enumerate(record_files(record)):
         rel = safe_relative(file)
-        if rel is None or not os.path.isfile(os.path.join(root, rel)):
+        if rel is None or not (
+            exists(rel) if exists else os.path.isfile(os.path.join(root, rel))
+        ):
             missing.append(file)
             continue
         facts = _facts_from_record(known.get(file), rel, index)
@@ -298,11 +303,12 @@ def _run_samples(
     ledger_path: Path,
     scan: _Scan,
     lines: Collection[int] | None = None,
+    on_disk: Callable[[str], bool] | None = None,
 ) -> Iterator[Sample]:
     """Every sample of a run directory on disk, in ledger order; files that are not
     on disk are counted in `scan` instead. `lines` from `final_lines`, if known."""
     for _, record in numbered_final_records(ledger_path, lines=lines):
-        present, missing = image_facts(run_dir, record)
+        present, missing = image_facts(run_dir, record, on_disk)
         scan.missing_count += len(missing)
         scan.missing.extend(missing[: max(0, 5 - len(scan.missing))])
         yield from samples_of(record, present)
@@ -430,7 +436,12 @@ def metadata_rows(samples: Iterable[Sample]) -> list[dict[str, Any]]:
     return list(schema.rows([*firsts, *rest]))
 
 
-def write_metadata(run_dir: Path, ledger_path: Path | None = None) -> int:
+def write_metadata(
+    run_dir: Path,
+    ledger_path: Path | None = None,
+    *,
+    present: Callable[[str], bool] | None = None,
+) -> int:
     """Rebuild `run_dir/metadata.jsonl` (Hugging Face ImageFolder form) from the
     ledger; returns the number of rows.
 
@@ -442,6 +453,7 @@ def write_metadata(run_dir: Path, ledger_path: Path | None = None) -> int:
     Load with `datasets.load_dataset("imagefolder", data_files={"train":
     "DIR/metadata.jsonl"})`; `data_dir=DIR` also works unless an image name
     starts with train/test/validation/..., which `datasets` takes as split names.
+    `present` says which files exist when they are not on this disk (a bucket).
     """
     ledger = RunDir(run_dir, ledger=ledger_path).ledger
     # Pass 1 learns the columns and picks the rows to write first; pass 2 writes.
@@ -449,13 +461,13 @@ def write_metadata(run_dir: Path, ledger_path: Path | None = None) -> int:
     lines = final_lines(ledger)
     schema = MetadataSchema()
     firsts: dict[tuple[str, int], Sample] = {}
-    for sample in _run_samples(run_dir, ledger, _Scan(), lines):
+    for sample in _run_samples(run_dir, ledger, _Scan(), lines, present):
         if schema.observe(sample):
             firsts[(sample.job_id, sample.image.index)] = sample
     scan = _Scan()
     rest = (
         s
-        for s in _run_samples(run_dir, ledger, scan, lines)
+        for s in _run_samples(run_dir, ledger, scan, lines, present)
         if (s.job_id, s.image.index) not in firsts
     )
     rows = 0

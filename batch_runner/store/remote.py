@@ -366,7 +366,16 @@ def open_store(
     return FsspecStore(url)
 
 
+_XML_CODE = re.compile(r"<Code>([^<]*)</Code>")
+_XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
+
+
 def _short(exc: BaseException) -> str:
-    """The first line of a library's error: object_store's carry a long chain."""
+    """One line from a library's error: object_store's carry the server's XML
+    body and a long chain; keep the first line and the S3 error code."""
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    first = text.splitlines()[0].split(": <?xml", 1)[0]
+    code, message = _XML_CODE.search(text), _XML_MESSAGE.search(text)
+    if code:
+        first += f" ({code[1]}" + (f": {message[1]})" if message else ")")
+    return first[:400]

@@ -20,7 +20,7 @@ import functools
 import hashlib
 import html
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -198,7 +198,7 @@ def _when(stamp: tuple[datetime, str] | None) -> str:
 
 
 def _card(
-    run_dir: Path,
+    exists: Callable[[str], bool],
     record: Mapping[str, Any],
     file: str,
     dims: Mapping[str, tuple[int, int]],
@@ -210,7 +210,7 @@ def _card(
     rel = safe_relative(file)
     if rel is None:
         thumb = f'<div class="thumb missing">not shown: unsafe path {_e(file)}</div>'
-    elif not (run_dir / rel).is_file():
+    elif not exists(rel):
         thumb = f'<div class="thumb missing">missing file {_e(file)}</div>'
     else:
         src = quote(rel, safe="/")
@@ -312,9 +312,13 @@ def _header(title: str, scan: _Scan, planned_cards: int) -> str:
     )
 
 
+def _on_disk(run_dir: Path) -> Callable[[str], bool]:
+    return lambda rel: (run_dir / rel).is_file()
+
+
 def _render(
     out: TextIO,
-    run_dir: Path,
+    exists: Callable[[str], bool],
     ledger_path: Path,
     title: str,
     max_images: int,
@@ -350,7 +354,7 @@ def _render(
         if status == _SUCCEEDED and cards < planned_cards:
             dims = _dims(record)
             for file in _image_files(record)[: planned_cards - cards]:
-                out.write(_card(run_dir, record, file, dims))
+                out.write(_card(exists, record, file, dims))
                 cards += 1
         elif status == _FAILED and len(failed_rows) < planned_failed:
             failed_rows.append(_failed_row(record))
@@ -385,14 +389,18 @@ def write_gallery(
     title: str | None = None,
     max_images: int = DEFAULT_MAX_IMAGES,
     max_failed: int = DEFAULT_MAX_FAILED,
+    exists: Callable[[str], bool] | None = None,
 ) -> Path:
     """Write `run_dir/index.html`, a self-contained contact sheet of the run.
 
     The grid shows the first `max_images` images (in the order their jobs
     finished) and the failure list the first `max_failed` failed jobs; the
     totals always count the whole ledger. Raises LedgerError if the ledger is
-    missing, so a mistyped directory does not get an empty page.
+    missing, so a mistyped directory does not get an empty page. `exists` says
+    which image files are there when they are not on this disk (a bucket).
     """
+    if exists is None:
+        exists = _on_disk(run_dir)
     if max_images < 0 or max_failed < 0:
         raise ValueError("max_images and max_failed must be >= 0")
     run = RunDir(run_dir, ledger=ledger_path)
@@ -404,5 +412,5 @@ def write_gallery(
     target = run.gallery
     # a lone surrogate from a JSON escape cannot be UTF-8: it becomes a '?'
     with atomic_write(target, "w", errors="replace", newline="\n") as out:
-        _render(out, run_dir, run.ledger, title, max_images, max_failed)
+        _render(out, exists, run.ledger, title, max_images, max_failed)
     return target
