@@ -30,6 +30,7 @@ from tests.procs import (
 from tests.s3server import Bucket
 
 FAST = ["--no-progress", "--poll-interval", "0.02"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def bucket_ledger(bucket: Bucket, prefix: str = "run") -> list[dict[str, Any]]:
@@ -341,3 +342,60 @@ def test_options_that_need_a_bucket_or_a_disk_exit_2(
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.strip() and "Traceback" not in err
+
+
+def test_kubernetes_example_writes_every_shard_to_the_bucket(
+    s3_bucket: Bucket, tmp_path: Path
+) -> None:
+    """jobs/k8s-indexed-job.yaml's own command, run once per completion index
+    with its paths pointed here, puts every job in the bucket exactly once,
+    with no shared volume; merge then reads the shards from the bucket."""
+    import yaml
+
+    docs = list(
+        yaml.safe_load_all((ROOT / "jobs" / "k8s-indexed-job.yaml").read_text())
+    )
+    job = next(d for d in docs if d and d.get("kind") == "Job")
+    pod = job["spec"]["template"]["spec"]
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+    container = pod["containers"][0]
+    script = container["args"][0]
+    assert '--out "s3://my-bucket/runs/prompts-shard-${JOB_COMPLETION_INDEX}"' in script
+    jobs = 24
+    (tmp_path / "config").mkdir()
+    manifest = tmp_path / "config" / "prompts.csv"
+    manifest.write_text(
+        "id,prompt\n" + "".join(f"p-{i},picture {i}\n" for i in range(jobs))
+    )
+    script = (
+        script.replace("/config/", f"{tmp_path}/config/")
+        .replace("s3://my-bucket/", f"s3://{s3_bucket.name}/")
+        .replace(
+            "--state-dir /state", f"--state-dir {tmp_path}/state-$JOB_COMPLETION_INDEX"
+        )
+    )
+    completions = job["spec"]["completions"]
+    with standalone_simulator("--generation-time", "0.05") as sim:
+        env = runner_env()
+        env["TENSORSLAB_BASE_URL"] = sim.url
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+        pods = [
+            subprocess.Popen(
+                [*container["command"], script],
+                env={**env, "JOB_COMPLETION_INDEX": str(i)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(completions)
+        ]
+        for p in pods:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        assert sim.stats()["tasks_created"] == jobs
+    merged = tmp_path / "merged"
+    urls = [f"s3://{s3_bucket.name}/runs/prompts-shard-{i}" for i in range(completions)]
+    assert main(["merge", str(merged), *urls]) == 0
+    states = last_states(local_records(merged / "ledger.jsonl"))
+    assert states == {f"p-{i}": "succeeded" for i in range(jobs)}
+    assert len(list((merged / "images").iterdir())) == jobs
