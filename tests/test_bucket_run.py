@@ -252,6 +252,11 @@ def test_reading_commands_take_the_bucket_url(
     assert main(["failed", "--out", url]) == 0
     assert capsys.readouterr().out.count("doomed") == 2
 
+    # a dry run plans against the bucket's ledger, even from a new machine
+    assert main(["run", str(manifest), "--out", url, "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "already done:    6" in plan and "failed, skipped: 2" in plan
+
     merged = tmp_path / "merged"
     assert main(["merge", str(merged), url]) == 0
     assert sorted(p.name for p in (merged / "images").iterdir()) == sorted(

@@ -98,6 +98,27 @@ async def test_create_only_put_never_overwrites(s3_bucket: Bucket) -> None:
     assert s3_bucket.get("run/ledger/000001.jsonl") == b"first\n"
 
 
+async def test_objects_carry_a_content_type_from_their_name(
+    s3_bucket: Bucket, tmp_path: Path
+) -> None:
+    """Images, the gallery and JSONL get their MIME types, so a served bucket
+    shows them in a browser."""
+    store = open_store(s3_bucket.url())
+    page = tmp_path / "index.html"
+    page.write_text("<html></html>")
+    await store.put_file("index.html", page)
+    await store.put_bytes("images/a.png", b"\x89PNG")
+    await store.put_bytes("ledger/000001.jsonl", b"{}\n", create=True)
+
+    def kind(key: str) -> str:
+        head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=key)
+        return str(head["ContentType"])
+
+    assert kind("run/index.html") == "text/html; charset=utf-8"
+    assert kind("run/images/a.png") == "image/png"
+    assert kind("run/ledger/000001.jsonl") == "application/x-ndjson"
+
+
 async def test_unreachable_endpoint_is_a_store_error(
     s3_bucket: Bucket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -289,3 +310,77 @@ async def test_any_history_restores_every_synced_line(
     check = workdir / "check.jsonl"
     await download_log(store, "ledger", check)
     assert (check.read_bytes() if check.exists() else b"") == written
+
+
+# -- the run's bucket: uploads and the final sync ------------------------------
+
+
+class _DiskApi:
+    """An Api whose download writes a fixed PNG-looking file, as the client does."""
+
+    async def submit(self, job: object) -> object:
+        raise NotImplementedError
+
+    async def poll(self, taskid: str) -> object:
+        raise NotImplementedError
+
+    async def download(self, url: str, images_dir: Path, stem: str) -> object:
+        from batch_runner.wire.client import DownloadedFile
+
+        images_dir.mkdir(parents=True, exist_ok=True)
+        path = images_dir / f"{stem}.png"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n-image")
+        return DownloadedFile(path=path, size=14)
+
+
+async def test_image_goes_up_then_leaves_the_local_disk(
+    s3_bucket: Bucket, tmp_path: Path
+) -> None:
+    """A downloaded image is uploaded under images/ and deleted locally."""
+    from batch_runner.cli.run_command import BucketUploads
+    from batch_runner.store.bucket import BucketRun
+
+    run = BucketRun(open_store(s3_bucket.url()), tmp_path / "state")
+    await run.open()
+    api = BucketUploads(_DiskApi(), run)  # type: ignore[arg-type]
+    got = await api.download("http://x/a.png", run.images_dir, "job-1")
+    assert not got.path.exists()
+    assert s3_bucket.get("run/images/job-1.png") == b"\x89PNG\r\n\x1a\n-image"
+
+
+async def test_upload_failure_is_a_retryable_download_error(
+    s3_bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket that cannot take the image makes the download fail transiently
+    (retried, then a download-stage failure), and leaves no local file."""
+    from batch_runner.cli.run_command import BucketUploads
+    from batch_runner.errors import TransientApiError
+    from batch_runner.store.bucket import BucketRun
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    run = BucketRun(open_store(s3_bucket.url(), retry_timeout=1), tmp_path / "s")
+    api = BucketUploads(_DiskApi(), run)  # type: ignore[arg-type]
+    with pytest.raises(TransientApiError, match="cannot upload"):
+        await api.download("http://x/a.png", run.images_dir, "job-1")
+    assert list(run.images_dir.iterdir()) == []
+
+
+async def test_final_sync_failure_is_reported_and_keeps_the_records(
+    s3_bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the bucket is gone at the stop, close() says so (False) and the
+    records stay in the state dir; the next run with it uploads them."""
+    from batch_runner.store.bucket import BucketRun
+
+    state = tmp_path / "state"
+    run = BucketRun(open_store(s3_bucket.url()), state)
+    await run.open()
+    (state / "ledger.jsonl").write_bytes(b'{"job_id":"a"}\n')
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    dead = BucketRun(open_store(s3_bucket.url(), retry_timeout=1), state)
+    assert await dead.close() is False
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_bucket.endpoint)
+    again = BucketRun(open_store(s3_bucket.url()), state)
+    await again.open()
+    assert await again.close() is True
+    assert s3_bucket.get("run/ledger/000001.jsonl") == b'{"job_id":"a"}\n'

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import mimetypes
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -124,6 +125,28 @@ class StoreExistsError(StoreError):
     """A create-only write found the object already there."""
 
 
+_CONTENT_TYPES = {
+    ".jsonl": "application/x-ndjson",
+    ".html": "text/html; charset=utf-8",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".avif": "image/avif",
+}
+
+
+def content_type(key: str) -> str:
+    """The Content-Type an object gets from its name, so a served bucket (the
+    gallery, images) shows in a browser instead of downloading."""
+    dot = key.rfind(".")
+    ext = key[dot:].lower() if dot > key.rfind("/") else ""
+    return _CONTENT_TYPES.get(ext) or (
+        mimetypes.guess_type(key)[0] or "application/octet-stream"
+    )
+
+
 def _allow_http(env: Mapping[str, str]) -> bool:
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
     return endpoint.lower().startswith("http://")
@@ -182,7 +205,11 @@ class ObstoreStore:
 
         try:
             await obstore.put_async(
-                self._store, key, data, mode="create" if create else "overwrite"
+                self._store,
+                key,
+                data,
+                mode="create" if create else "overwrite",
+                attributes={"Content-Type": content_type(key)},
             )
         except (AlreadyExistsError, PreconditionError) as exc:
             raise StoreExistsError(f"{self.url.child(key)} already exists") from exc
@@ -196,7 +223,12 @@ class ObstoreStore:
 
         try:
             await obstore.put_async(
-                self._store, key, path, chunk_size=MULTIPART_CHUNK, max_concurrency=4
+                self._store,
+                key,
+                path,
+                attributes={"Content-Type": content_type(key)},
+                chunk_size=MULTIPART_CHUNK,
+                max_concurrency=4,
             )
         except Exception as exc:
             raise StoreError(
