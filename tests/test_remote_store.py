@@ -384,3 +384,27 @@ async def test_final_sync_failure_is_reported_and_keeps_the_records(
     await again.open()
     assert await again.close() is True
     assert s3_bucket.get("run/ledger/000001.jsonl") == b'{"job_id":"a"}\n'
+
+
+async def test_torn_last_segment_is_tolerated(
+    s3_bucket: Bucket, tmp_path: Path
+) -> None:
+    """A last segment cut mid-line (a store without atomic writes) restores as a
+    torn ledger line: skipped with a warning, and later records still count."""
+    from batch_runner.store.ledger import LedgerWriter, read_ledger
+
+    store = open_store(s3_bucket.url())
+    good = b'{"job_id":"a","status":"failed","taskid":null,"stage":"submit"}\n'
+    s3_bucket.put("run/ledger/000001.jsonl", good)
+    s3_bucket.put("run/ledger/000002.jsonl", b'{"job_id":"b","sta')
+    local = tmp_path / "ledger.jsonl"
+    log = SegmentedLog(store, local, "ledger")
+    assert "restored from 2" in await log.open()
+    async with LedgerWriter(local) as writer:
+        await writer.append({"job_id": "c", "status": "failed", "taskid": None})
+    await log.sync()
+    whole = tmp_path / "whole.jsonl"
+    await download_log(store, "ledger", whole)
+    state = read_ledger(whole)
+    assert {"a", "c"} <= set(state.failed) and "b" not in state.failed
+    assert any("skipped unreadable line" in w for w in state.warnings)
