@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from batch_runner.errors import MissingExtraError, StoreError
 from batch_runner.store.remote import (
+    ObjectInfo,
     RemoteUrl,
+    Store,
     StoreExistsError,
     StoreNotFoundError,
     default_state_dir,
@@ -408,3 +410,52 @@ async def test_torn_last_segment_is_tolerated(
     state = read_ledger(whole)
     assert {"a", "c"} <= set(state.failed) and "b" not in state.failed
     assert any("skipped unreadable line" in w for w in state.warnings)
+
+
+class _LosesOneAnswer:
+    """A Store whose first create-only PUT lands but whose answer is lost."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.lost = False
+
+    async def put_bytes(self, key: str, data: bytes, *, create: bool = False) -> None:
+        await self.inner.put_bytes(key, data, create=create)
+        if not self.lost:
+            self.lost = True
+            raise StoreError("timed out waiting for the answer")
+
+    async def put_file(self, key: str, path: Path) -> None:
+        await self.inner.put_file(key, path)
+
+    async def get_bytes(self, key: str) -> bytes:
+        return await self.inner.get_bytes(key)
+
+    async def get_file(self, key: str, path: Path) -> None:
+        await self.inner.get_file(key, path)
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        return await self.inner.list(prefix)
+
+
+async def test_segment_landed_unseen_then_more_lines_is_adopted(
+    s3_bucket: Bucket, tmp_path: Path
+) -> None:
+    """A segment whose PUT landed but whose answer was lost (or was cancelled at
+    a stop) is recognised even after more lines were written: the next sync
+    counts it and uploads only the rest (regression: it used to refuse the
+    bucket as written by "another run")."""
+    store = _LosesOneAnswer(open_store(s3_bucket.url()))
+    local = tmp_path / "ledger.jsonl"
+    local.write_bytes(b"one\n")
+    log = SegmentedLog(store, local, "ledger")
+    await log.open()
+    with pytest.raises(StoreError):
+        await log.sync()
+    with local.open("ab") as fh:
+        fh.write(b"two\n")
+    assert await log.sync() == 8
+    assert s3_bucket.get("run/ledger/000001.jsonl") == b"one\n"
+    assert s3_bucket.get("run/ledger/000002.jsonl") == b"two\n"
+    assert await log.sync() == 0

@@ -64,6 +64,7 @@ class BucketRun:
         #: False once a final sync failed: records are left only in the state dir
         self.synced = True
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     @property
     def ledger_path(self) -> Path:
@@ -90,12 +91,15 @@ class BucketRun:
             )
 
     async def _every_interval(self) -> None:
-        while True:
-            await asyncio.sleep(self.sync_interval)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.sync_interval)
+                return
             try:
                 await self.sync()
-            except StoreError as exc:
-                # the records are safe in the state dir; the next sync retries
+            except Exception as exc:
+                # the records are safe in the state dir; the next sync retries,
+                # and the final one reports a failure that persists
                 log.warning("bucket sync failed (will retry): %s", exc)
 
     async def sync(self) -> None:
@@ -108,9 +112,9 @@ class BucketRun:
     async def close(self) -> bool:
         """Stop the periodic sync and upload everything; False if that failed."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # let a sync in progress finish rather than cut its upload short
+            self._stop.set()
+            await self._task
             self._task = None
         try:
             await self.sync()

@@ -157,25 +157,40 @@ class SegmentedLog:
 
     async def sync(self) -> int:
         """Upload the complete lines written since the last sync as the next
-        segment; returns the bytes uploaded (0: nothing new)."""
+        segment; returns the bytes uploaded (0: nothing new).
+
+        Safe to cancel or to fail mid-upload: a segment whose PUT went through
+        unseen is recognised on the next call (see `_adopt`).
+        """
         async with self._lock:
             chunk = await asyncio.to_thread(self._unsynced)
-            if not chunk:
-                return 0
-            key = segment_key(self.directory, self.next_number)
-            try:
-                await self.store.put_bytes(key, chunk, create=True)
-            except StoreExistsError:
-                # an earlier try whose answer was lost may have written it
-                if await self.store.get_bytes(key) != chunk:
-                    raise StoreError(
-                        f"{self.store.url.child(key)} exists with other content: "
-                        "is another run writing to the same URL?"
-                    ) from None
-            self.synced += len(chunk)
-            self.next_number += 1
-            self.segments_uploaded += 1
-            return len(chunk)
+            uploaded = 0
+            while chunk:
+                key = segment_key(self.directory, self.next_number)
+                try:
+                    await self.store.put_bytes(key, chunk, create=True)
+                    taken = len(chunk)
+                except StoreExistsError:
+                    taken = await self._adopt(key, chunk)
+                self.synced += taken
+                self.next_number += 1
+                self.segments_uploaded += 1
+                uploaded += taken
+                chunk = chunk[taken:]
+            return uploaded
+
+    async def _adopt(self, key: str, chunk: bytes) -> int:
+        """The segment exists: an earlier upload whose answer was lost (cancelled,
+        timed out) wrote it, with the lines that were new then, which are a
+        prefix of what is new now. Count those as synced; anything else is
+        another writer on the same URL."""
+        existing = await self.store.get_bytes(key)
+        if not existing or not chunk.startswith(existing):
+            raise StoreError(
+                f"{self.store.url.child(key)} exists with other content: "
+                "is another run writing to the same URL?"
+            )
+        return len(existing)
 
     def _unsynced(self) -> bytes:
         try:
