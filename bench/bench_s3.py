@@ -3,7 +3,9 @@
 Measures what a run does to a bucket: many small PUTs (images, ledger segments),
 one streamed multipart PUT of a few MB from a local file, a LIST of a prefix and
 GETs of small objects; rounds alternate the two libraries so a noisy machine
-hurts both alike. Needs `pip install obstore s3fs 'moto[server]'`.
+hurts all alike; rounds rotate the order. obstore is measured twice: its async
+API, and its blocking API on a thread pool (what the runner uses). Needs
+`pip install -e '.[test,bench]'`.
 
     .venv/bin/python bench/bench_s3.py --objects 300 --size 65536 --big-mb 24
 """
@@ -115,6 +117,30 @@ class Obstore:
         return bytes(await result.bytes_async())
 
 
+class ObstoreThreads:
+    """obstore's blocking API on a thread pool: what the runner uses (see
+    batch_runner/store/remote.py for why not the async API)."""
+
+    name = "obstore-threads"
+
+    def __init__(self, bucket: str) -> None:
+        from batch_runner.store.remote import open_store
+
+        self.store = open_store(f"s3://{bucket}")
+
+    async def put(self, key: str, data: bytes) -> None:
+        await self.store.put_bytes(key, data)
+
+    async def put_file(self, key: str, path: Path) -> None:
+        await self.store.put_file(key, path)
+
+    async def listing(self, prefix: str) -> int:
+        return len(await self.store.list(prefix))
+
+    async def get(self, key: str) -> bytes:
+        return await self.store.get_bytes(key)
+
+
 class S3fs:
     name = "s3fs"
 
@@ -192,12 +218,15 @@ async def bench(
     args: argparse.Namespace, big: Path
 ) -> dict[str, list[dict[str, float]]]:
     obs = Obstore("bench")
+    threads = ObstoreThreads("bench")
     s3 = S3fs("bench")
     await s3.start()
-    results: dict[str, list[dict[str, float]]] = {"obstore": [], "s3fs": []}
+    libs: list[Any] = [obs, threads, s3]
+    results: dict[str, list[dict[str, float]]] = {lib.name: [] for lib in libs}
     try:
         for r in range(args.rounds):
-            order = [obs, s3] if r % 2 == 0 else [s3, obs]
+            # rotate the order so no library always runs first or last
+            order = libs[r % 3 :] + libs[: r % 3]
             for lib in order:
                 results[lib.name].append(
                     await one_round(lib, args, big, f"{lib.name}-{r}")
@@ -225,16 +254,17 @@ def main() -> None:
         f"{args.objects} objects of {args.size} B, concurrency {args.concurrency}, "
         f"{args.big_mb} MiB multipart, median of {args.rounds} rounds"
     )
-    metrics = list(results["obstore"][0])
-    print(f"| {'metric':18} | {'obstore':>10} | {'s3fs':>10} | ratio |")
-    for m in metrics:
-        a = statistics.median(r[m] for r in results["obstore"])
-        b = statistics.median(r[m] for r in results["s3fs"])
-        print(f"| {m:18} | {a:10.1f} | {b:10.1f} | {a / b:5.2f} |")
-    print(
-        f"| {'import_s':18} | {import_seconds('obstore'):10.3f} | "
-        f"{import_seconds('s3fs'):10.3f} |       |"
-    )
+    names = list(results)
+    print("| metric | " + " | ".join(names) + " |")
+    for m in results["obstore"][0]:
+        cells = [f"{statistics.median(r[m] for r in results[n]):.1f}" for n in names]
+        print(f"| {m} | " + " | ".join(cells) + " |")
+    imports = [
+        import_seconds("obstore"),
+        import_seconds("obstore"),
+        import_seconds("s3fs"),
+    ]
+    print("| import_s | " + " | ".join(f"{t:.3f}" for t in imports) + " |")
 
 
 if __name__ == "__main__":

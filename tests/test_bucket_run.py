@@ -404,3 +404,35 @@ def test_kubernetes_example_writes_every_shard_to_the_bucket(
     states = last_states(local_records(merged / "ledger.jsonl"))
     assert states == {f"p-{i}": "succeeded" for i in range(jobs)}
     assert len(list((merged / "images").iterdir())) == jobs
+
+
+def test_library_calls_take_a_bucket_url(s3_bucket: Bucket, tmp_path: Path) -> None:
+    """run_batch_sync, plan, status and records accept out="s3://..." as the
+    CLI does, and refuse what cannot work with UsageError."""
+    import batch_runner
+
+    url = s3_bucket.url("lib")
+    jobs = ["a cat", "a dog", {"id": "owl", "prompt": "an owl"}]
+    result = batch_runner.run_batch_sync(
+        jobs,
+        out=url,
+        state_dir=tmp_path / "state",
+        mock=True,
+        mock_generation_time=0,
+        poll_interval=0.02,
+        sync_interval=60,
+    )
+    assert result.ok and result.succeeded == 3
+    assert len(s3_bucket.keys("lib/images/")) == 3
+    assert batch_runner.plan(jobs, out=url).done == 3
+    assert batch_runner.status(url).succeeded == 3
+    assert batch_runner.status(url).images_on_disk == 3
+    assert {r["job_id"] for r in batch_runner.records(url)} >= {"owl"}
+    with pytest.raises(batch_runner.LedgerError):
+        batch_runner.status(s3_bucket.url("nothing-here"))
+    with pytest.raises(batch_runner.UsageError, match="state_dir"):
+        batch_runner.run_batch_sync(
+            jobs, out=tmp_path / "d", state_dir=tmp_path, mock=True
+        )
+    with pytest.raises(batch_runner.UsageError, match="ledger"):
+        batch_runner.run_batch_sync(jobs, out=url, ledger=tmp_path / "l", mock=True)

@@ -339,12 +339,12 @@ async def test_image_goes_up_then_leaves_the_local_disk(
     s3_bucket: Bucket, tmp_path: Path
 ) -> None:
     """A downloaded image is uploaded under images/ and deleted locally."""
-    from batch_runner.cli.run_command import BucketUploads
+    from batch_runner.engine.uploads import UploadingApi
     from batch_runner.store.bucket import BucketRun
 
     run = BucketRun(open_store(s3_bucket.url()), tmp_path / "state")
     await run.open()
-    api = BucketUploads(_DiskApi(), run)  # type: ignore[arg-type]
+    api = UploadingApi(_DiskApi(), run)  # type: ignore[arg-type]
     got = await api.download("http://x/a.png", run.images_dir, "job-1")
     assert not got.path.exists()
     assert s3_bucket.get("run/images/job-1.png") == b"\x89PNG\r\n\x1a\n-image"
@@ -355,13 +355,13 @@ async def test_upload_failure_is_a_retryable_download_error(
 ) -> None:
     """A bucket that cannot take the image makes the download fail transiently
     (retried, then a download-stage failure), and leaves no local file."""
-    from batch_runner.cli.run_command import BucketUploads
+    from batch_runner.engine.uploads import UploadingApi
     from batch_runner.errors import TransientApiError
     from batch_runner.store.bucket import BucketRun
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     run = BucketRun(open_store(s3_bucket.url(), retry_timeout=1), tmp_path / "s")
-    api = BucketUploads(_DiskApi(), run)  # type: ignore[arg-type]
+    api = UploadingApi(_DiskApi(), run)  # type: ignore[arg-type]
     with pytest.raises(TransientApiError, match="cannot upload"):
         await api.download("http://x/a.png", run.images_dir, "job-1")
     assert list(run.images_dir.iterdir()) == []

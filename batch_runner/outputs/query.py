@@ -4,16 +4,21 @@ record (`records`), both streamed from the ledger."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from batch_runner.engine.sharding import Shard, as_shard
-from batch_runner.errors import LedgerError
+from batch_runner.errors import LedgerError, UsageError
 from batch_runner.manifest.items import Jobs, job_source
 from batch_runner.models import JobStatus
 from batch_runner.outputs.dataset import numbered_final_records
 from batch_runner.outputs.report import RunStatus, run_status
 from batch_runner.store.rundir import RunDir
+
+if TYPE_CHECKING:
+    from batch_runner.store.remote import Store
 
 _ALL_STATUSES = frozenset(s.value for s in JobStatus)
 
@@ -31,16 +36,24 @@ def status(
     when `manifest` is given: the run's jobs, as `run_batch` takes them),
     `images_on_disk`,
     `failure_reasons`, `suspected_duplicates`, ...; `to_dict()` gives them all.
-    Raises LedgerError if the run has no ledger yet.
+    Raises LedgerError if the run has no ledger yet. `out` may be a bucket
+    URL (`s3://bucket/prefix`): the ledger is read from the bucket and
+    `images_on_disk` counts the images there.
     """
-    run_dir = _existing(out, ledger)
     chosen = as_shard(shard)
-    return run_status(
-        run_dir.ledger,
-        run_dir.root,
-        job_source(manifest) if manifest is not None else None,
-        keep=chosen.keeps if chosen is not None else None,
-    )
+    source = job_source(manifest) if manifest is not None else None
+    keep = chosen.keeps if chosen is not None else None
+    store = _bucket(out, ledger)
+    if store is not None:
+        from batch_runner.store.bucket import image_keys, run_blocking
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fetched = _fetch(store, Path(tmp))
+            result = run_status(fetched, Path(tmp), source, keep)
+        result.images_on_disk = len(run_blocking(image_keys(store)))
+        return result
+    run_dir = _existing(out, ledger)
+    return run_status(run_dir.ledger, run_dir.root, source, keep=keep)
 
 
 def records(
@@ -52,13 +65,58 @@ def records(
     Streamed: one pass notes where each job's last line is (a 64-bit key per
     job, never the records), a second parses only those lines. Records a live
     run appends meanwhile are not included: the result is one snapshot.
-    Raises LedgerError if the run has no ledger yet.
+    Raises LedgerError if the run has no ledger yet. `out` may be a bucket
+    URL: the ledger is downloaded to a temporary file first.
     """
+    store = _bucket(out, ledger)
+    if store is not None:
+        return _bucket_records(store)
     run_dir = _existing(out, ledger)
     return (
         record
         for _, record in numbered_final_records(run_dir.ledger, statuses=_ALL_STATUSES)
     )
+
+
+def _bucket_records(store: Store) -> Iterator[dict[str, Any]]:
+    # fetched now, so a missing ledger raises here rather than at the first next()
+    tmp = tempfile.TemporaryDirectory()
+    try:
+        fetched = _fetch(store, Path(tmp.name))
+    except BaseException:
+        tmp.cleanup()
+        raise
+
+    def stream() -> Iterator[dict[str, Any]]:
+        with tmp:
+            for _, record in numbered_final_records(fetched, statuses=_ALL_STATUSES):
+                yield record
+
+    return stream()
+
+
+def _fetch(store: Store, dest: Path) -> Path:
+    """The bucket's ledger, downloaded into `dest`; LedgerError if it has none."""
+    from batch_runner.store.bucket import fetch_ledger, run_blocking
+    from batch_runner.store.remote import StoreNotFoundError
+
+    try:
+        return run_blocking(fetch_ledger(store, dest))
+    except StoreNotFoundError as exc:
+        raise LedgerError(str(exc)) from None
+
+
+def _bucket(
+    out: str | os.PathLike[str], ledger: str | os.PathLike[str] | None
+) -> Store | None:
+    """The store when `out` is an object-store URL (UsageError with `ledger`)."""
+    from batch_runner.store.remote import is_remote, open_store
+
+    if not is_remote(out):
+        return None
+    if ledger is not None:
+        raise UsageError(f"ledger cannot be given with out {out}: it is in the bucket")
+    return open_store(os.fspath(out))
 
 
 def _existing(

@@ -8,10 +8,12 @@ knows about ledgers or jobs: store/sync.py builds on these few calls.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import mimetypes
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -153,7 +155,7 @@ def _allow_http(env: Mapping[str, str]) -> bool:
 
 
 class ObstoreStore:
-    """s3:// gs:// az:// through obstore (Rust object_store): typed, async, fast.
+    """s3:// gs:// az:// through obstore (Rust object_store): typed and fast.
 
     Chosen by measurement against moto (bench/bench_s3.py): about twice the small
     PUT/GET rate of s3fs, a third of its LIST time, 25x faster to import, and
@@ -203,14 +205,17 @@ class ObstoreStore:
         import obstore
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
-        try:
-            await obstore.put_async(
+        def put() -> None:
+            obstore.put(
                 self._store,
                 key,
                 data,
                 mode="create" if create else "overwrite",
                 attributes={"Content-Type": content_type(key)},
             )
+
+        try:
+            await _in_thread(put)
         except (AlreadyExistsError, PreconditionError) as exc:
             raise StoreExistsError(f"{self.url.child(key)} already exists") from exc
         except Exception as exc:
@@ -221,8 +226,8 @@ class ObstoreStore:
     async def put_file(self, key: str, path: Path) -> None:
         import obstore
 
-        try:
-            await obstore.put_async(
+        def put() -> None:
+            obstore.put(
                 self._store,
                 key,
                 path,
@@ -230,6 +235,9 @@ class ObstoreStore:
                 chunk_size=MULTIPART_CHUNK,
                 max_concurrency=4,
             )
+
+        try:
+            await _in_thread(put)
         except Exception as exc:
             raise StoreError(
                 f"cannot upload {self.url.child(key)}: {_short(exc)}"
@@ -239,9 +247,11 @@ class ObstoreStore:
         import obstore
         from obstore.exceptions import NotFoundError
 
+        def get() -> bytes:
+            return bytes(obstore.get(self._store, key).bytes())
+
         try:
-            result = await obstore.get_async(self._store, key)
-            return bytes(await result.bytes_async())
+            return await _in_thread(get)
         except (NotFoundError, FileNotFoundError) as exc:
             # obstore raises FileNotFoundError for a missing object
             raise StoreNotFoundError(f"{self.url.child(key)} does not exist") from exc
@@ -254,36 +264,72 @@ class ObstoreStore:
         import obstore
         from obstore.exceptions import NotFoundError
 
+        def fetch() -> None:
+            try:
+                result = obstore.get(self._store, key)
+            except (NotFoundError, FileNotFoundError) as exc:
+                raise StoreNotFoundError(
+                    f"{self.url.child(key)} does not exist"
+                ) from exc
+            with path.open("wb") as out:
+                for chunk in result.stream(min_chunk_size=1024 * 1024):
+                    out.write(chunk)
+
         try:
-            result = await obstore.get_async(self._store, key)
-        except (NotFoundError, FileNotFoundError) as exc:
-            raise StoreNotFoundError(f"{self.url.child(key)} does not exist") from exc
+            await _in_thread(fetch)
+        except (StoreError, OSError):
+            raise
         except Exception as exc:
             raise StoreError(
                 f"cannot read {self.url.child(key)}: {_short(exc)}"
             ) from exc
-        with path.open("wb") as out:
-            try:
-                async for chunk in result.stream(min_chunk_size=1024 * 1024):
-                    await asyncio.to_thread(out.write, chunk)
-            except Exception as exc:
-                raise StoreError(
-                    f"cannot read {self.url.child(key)}: {_short(exc)}"
-                ) from exc
 
     async def list(self, prefix: str) -> list[ObjectInfo]:
         import obstore
 
-        out: list[ObjectInfo] = []
+        def walk() -> list[ObjectInfo]:
+            found: list[ObjectInfo] = []
+            for batch in obstore.list(
+                self._store, prefix.rstrip("/") + "/", chunk_size=1000
+            ):
+                found.extend(ObjectInfo(meta["path"], meta["size"]) for meta in batch)
+            return found
+
         try:
-            async for batch in obstore.list(self._store, prefix.rstrip("/") + "/"):
-                out.extend(ObjectInfo(meta["path"], meta["size"]) for meta in batch)
+            out = await _in_thread(walk)
         except Exception as exc:
             raise StoreError(
                 f"cannot list {self.url.child(prefix)}: {_short(exc)}"
             ) from exc
         out.sort(key=lambda info: info.key)
         return out
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+#: object-store calls in flight at once (each waits on the network, not the CPU)
+_POOL_SIZE = 32
+
+
+async def _in_thread(fn: Callable[[], T]) -> T:
+    """Run one blocking obstore call on the store's own thread pool.
+
+    Why not obstore's async API: it completes each call from a Rust (tokio)
+    thread that calls back into Python to wake the event loop; when that
+    callback is still returning as the interpreter shuts down, CPython ends the
+    thread mid-Rust-frame and the process dies of SIGABRT after a successful
+    run (seen about once in 15 short CLI runs; a core dump showed
+    pyo3_async_runtimes::set_result in take_gil). With the blocking API, only
+    our Python threads touch Python, and they are joined before shutdown.
+    """
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(
+                _POOL_SIZE, thread_name_prefix="object-store"
+            )
+        pool = _POOL
+    return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
 
 class FsspecStore:
