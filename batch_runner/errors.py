@@ -8,6 +8,8 @@ BatchRunnerError
 ├── RunLockedError                     another run holds the run directory or ledger
 ├── TranscodeError                     a downloaded image cannot be re-encoded
 ├── StoreError                         an object store cannot be read or written
+│   ├── StoreNotFoundError             the object does not exist
+│   └── StoreExistsError               a create-only write found it there already
 └── ApiError                           anything the API said or failed to say
     ├── TransientApiError              network, 429, 5xx, bad body, 9999: retry
     │   └── TaskNotFoundError          a poll for a taskid the server does not know
@@ -73,6 +75,14 @@ class TranscodeError(BatchRunnerError):
 
 class StoreError(BatchRunnerError):
     """An object store (the run's bucket) cannot be reached, read or written."""
+
+
+class StoreNotFoundError(StoreError):
+    """The object does not exist."""
+
+
+class StoreExistsError(StoreError):
+    """A create-only write found the object already there."""
 
 
 class ApiError(BatchRunnerError):

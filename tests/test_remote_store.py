@@ -11,13 +11,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batch_runner.errors import MissingExtraError, StoreError
+from batch_runner.errors import (
+    MissingExtraError,
+    StoreError,
+    StoreExistsError,
+    StoreNotFoundError,
+)
 from batch_runner.store.remote import (
     ObjectInfo,
     RemoteUrl,
     Store,
-    StoreExistsError,
-    StoreNotFoundError,
     default_state_dir,
     is_remote,
     open_store,

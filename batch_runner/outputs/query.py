@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch_runner.engine.sharding import Shard, as_shard
-from batch_runner.errors import LedgerError, UsageError
+from batch_runner.errors import LedgerError, StoreNotFoundError, UsageError
 from batch_runner.manifest.items import Jobs, job_source
 from batch_runner.models import JobStatus
 from batch_runner.outputs.dataset import numbered_final_records
@@ -98,7 +98,6 @@ def _bucket_records(store: Store) -> Iterator[dict[str, Any]]:
 def _fetch(store: Store, dest: Path) -> Path:
     """The bucket's ledger, downloaded into `dest`; LedgerError if it has none."""
     from batch_runner.store.bucket import fetch_ledger, run_blocking
-    from batch_runner.store.remote import StoreNotFoundError
 
     try:
         return run_blocking(fetch_ledger(store, dest))

@@ -19,8 +19,8 @@ from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from batch_runner.errors import StoreError
-from batch_runner.store.remote import RemoteUrl, Store, StoreNotFoundError
+from batch_runner.errors import StoreError, StoreNotFoundError
+from batch_runner.store.remote import RemoteUrl, Store
 from batch_runner.store.rundir import (
     ATTEMPTS_NAME,
     IMAGES_NAME,

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from batch_runner.errors import StoreError
-from batch_runner.store.remote import ObjectInfo, Store, StoreExistsError
+from batch_runner.errors import StoreError, StoreExistsError
+from batch_runner.store.remote import ObjectInfo, Store
 
 log = logging.getLogger("batch_runner")
 
