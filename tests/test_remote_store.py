@@ -320,53 +320,47 @@ async def test_any_history_restores_every_synced_line(
 # -- the run's bucket: uploads and the final sync ------------------------------
 
 
-class _DiskApi:
-    """An Api whose download writes a fixed PNG-looking file, as the client does."""
-
-    async def submit(self, job: object) -> object:
-        raise NotImplementedError
-
-    async def poll(self, taskid: str) -> object:
-        raise NotImplementedError
-
-    async def download(self, url: str, images_dir: Path, stem: str) -> object:
-        from batch_runner.wire.client import DownloadedFile
-
-        images_dir.mkdir(parents=True, exist_ok=True)
-        path = images_dir / f"{stem}.png"
-        path.write_bytes(b"\x89PNG\r\n\x1a\n-image")
-        return DownloadedFile(path=path, size=14)
+def _saved_png(images_dir: Path, stem: str) -> Path:
+    """An image as store.images.save_image leaves it: complete, in place."""
+    images_dir.mkdir(parents=True, exist_ok=True)
+    path = images_dir / f"{stem}.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n-image")
+    return path
 
 
 async def test_image_goes_up_then_leaves_the_local_disk(
     s3_bucket: Bucket, tmp_path: Path
 ) -> None:
-    """A downloaded image is uploaded under images/ and deleted locally."""
-    from batch_runner.engine.uploads import UploadingApi
+    """A saved image is uploaded under images/ and deleted locally."""
+    from batch_runner.engine.uploads import bucket_publisher
     from batch_runner.store.bucket import BucketRun
 
     run = BucketRun(open_store(s3_bucket.url()), tmp_path / "state")
     await run.open()
-    api = UploadingApi(_DiskApi(), run)  # type: ignore[arg-type]
-    got = await api.download("http://x/a.png", run.images_dir, "job-1")
-    assert not got.path.exists()
+    path = _saved_png(run.images_dir, "job-1")
+    await bucket_publisher(run)(path)
+    assert not path.exists()
     assert s3_bucket.get("run/images/job-1.png") == b"\x89PNG\r\n\x1a\n-image"
 
 
 async def test_upload_failure_is_a_retryable_download_error(
     s3_bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bucket that cannot take the image makes the download fail transiently
-    (retried, then a download-stage failure), and leaves no local file."""
-    from batch_runner.engine.uploads import UploadingApi
+    """A bucket that cannot take the image is a transient failure (retried like
+    a download, then a download-stage failure); the file stays for the retry
+    and the next run's start clears it."""
+    from batch_runner.engine.uploads import bucket_publisher
     from batch_runner.errors import TransientApiError
     from batch_runner.store.bucket import BucketRun
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     run = BucketRun(open_store(s3_bucket.url(), retry_timeout=1), tmp_path / "s")
-    api = UploadingApi(_DiskApi(), run)  # type: ignore[arg-type]
+    path = _saved_png(run.images_dir, "job-1")
     with pytest.raises(TransientApiError, match="cannot upload"):
-        await api.download("http://x/a.png", run.images_dir, "job-1")
+        await bucket_publisher(run)(path)
+    assert path.exists()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_bucket.endpoint)
+    await BucketRun(open_store(s3_bucket.url()), tmp_path / "s").open()
     assert list(run.images_dir.iterdir()) == []
 
 

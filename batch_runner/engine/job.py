@@ -92,6 +92,9 @@ class JobEnv:
     on_submit_latency: Callable[[float], None] | None = None
     #: re-encodes each download (--image-format/--max-side); None keeps them
     transcoder: Transcoder | None = None
+    #: called with each stored image file before its job is recorded
+    #: succeeded, retried like a download (a run in a bucket uploads it here)
+    publish: Callable[[Path], Awaitable[None]] | None = None
 
 
 class _SubmitsHalted(Exception):
@@ -476,10 +479,12 @@ class Job:
             if env.transcoder is not None:
                 # a TranscodeError is not retried: the same bytes would fail again
                 stored = await env.transcoder.store(saved.path, stem)
+                await self._publish(stored.path)
                 rel = _relative(stored.path, env.out_dir)
                 files.append(rel)
                 images.append(stored.facts(rel))
                 continue
+            await self._publish(saved.path)
             rel = _relative(saved.path, env.out_dir)
             files.append(rel)
             images.append(
@@ -492,6 +497,15 @@ class Job:
                 }
             )
         return files, images
+
+    async def _publish(self, path: Path) -> None:
+        env = self._env
+        if env.publish is not None:
+            await env.retrier.call(
+                functools.partial(env.publish, path),
+                what="upload",
+                job_id=self.spec.job_id,
+            )
 
     async def _save(self, url: str, stem: str) -> SavedImage:
         # with a transcoder, a download lands in its work folder, never under a

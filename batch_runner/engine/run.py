@@ -30,11 +30,11 @@ from batch_runner.engine.plan import PlanCounts, plan_counter, work_items
 from batch_runner.engine.progress import NullProgress, Progress, TqdmProgress
 from batch_runner.engine.result import Plan, RunResult, conclude
 from batch_runner.engine.retry import RetryPolicy
-from batch_runner.engine.runner import Api, Runner, RunOptions
+from batch_runner.engine.runner import Runner, RunOptions
 from batch_runner.engine.runner import RunResult as RunTally
 from batch_runner.engine.sharding import Shard, as_shard
 from batch_runner.engine.transcoder import Transcoder
-from batch_runner.engine.uploads import UploadingApi
+from batch_runner.engine.uploads import bucket_publisher
 from batch_runner.errors import BatchRunnerError, StoreError, UsageError
 from batch_runner.exit_codes import ExitCode
 from batch_runner.manifest.items import Jobs, job_source
@@ -560,15 +560,13 @@ async def _execute(
                 connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
             )
         )
-        client: Api = ZImageClient(
+        client = ZImageClient(
             session,
             base_url,
             s.api_key,
             request_timeout=s.request_timeout,
             max_image_bytes=s.max_image_bytes,
         )
-        if bucket is not None:
-            client = UploadingApi(client, bucket)
         ledger = await stack.enter_async_context(
             LedgerWriter(
                 s.run_dir.ledger,
@@ -607,6 +605,7 @@ async def _execute(
             run_id=f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",
             transcoder=transcoder,
             legacy_stems=state.legacy_stems,
+            publish=bucket_publisher(bucket) if bucket is not None else None,
         )
         if s.handle_signals:
             stack.enter_context(_stop_on_signals(runner))

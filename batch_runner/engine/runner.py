@@ -10,7 +10,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +122,7 @@ class Runner:
         run_id: str = "",
         transcoder: Transcoder | None = None,
         legacy_stems: Mapping[str, str] | None = None,
+        publish: Callable[[Path], Awaitable[None]] | None = None,
     ) -> None:
         self._opt = options
         self._images_dir = images_dir or out_dir / "images"
@@ -156,6 +157,7 @@ class Runner:
             pace_submit=self._pace_submit if self._rate is not None else None,
             on_submit_latency=self._submit_latency if self._aimd else None,
             transcoder=transcoder,
+            publish=publish,
         )
         self._phase = Phase.RUNNING
         self._inflight: set[asyncio.Task[None]] = set()

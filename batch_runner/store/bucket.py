@@ -139,11 +139,11 @@ class BucketRun:
 
     async def upload_image(self, local: Path, rel: str) -> None:
         """Upload a downloaded image to `rel` in the bucket, then delete it locally."""
-        try:
-            await self.store.put_file(rel, local)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(local)
+        await self.store.put_file(rel, local)
+        # kept on failure, for the retry; a run that dies first leaves it to
+        # the next run's open(), which clears the state dir's images/
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(local)
         self.images_uploaded += 1
 
     async def upload_metadata(self, local: Path) -> None:
