@@ -436,3 +436,31 @@ def test_library_calls_take_a_bucket_url(s3_bucket: Bucket, tmp_path: Path) -> N
         )
     with pytest.raises(batch_runner.UsageError, match="ledger"):
         batch_runner.run_batch_sync(jobs, out=url, ledger=tmp_path / "l", mock=True)
+
+
+def test_reencoded_images_go_to_the_bucket_under_their_new_name(
+    s3_bucket: Bucket, tmp_path: Path
+) -> None:
+    """With --image-format, the re-encoded file (not the download) is what goes
+    up, named with its new extension, and metadata.jsonl describes it."""
+    import batch_runner
+
+    url = s3_bucket.url("jpeg")
+    result = batch_runner.run_batch_sync(
+        ["a cat", "a dog"],
+        out=url,
+        state_dir=tmp_path / "state",
+        mock=True,
+        mock_generation_time=0,
+        poll_interval=0.02,
+        image_format="jpeg",
+    )
+    assert result.ok, result
+    keys = s3_bucket.keys("jpeg/images/")
+    assert len(keys) == 2 and all(k.endswith(".jpg") for k in keys)
+    for key in keys:
+        with Image.open(io.BytesIO(s3_bucket.get(key))) as img:
+            assert img.format == "JPEG"
+    rows = [json.loads(x) for x in s3_bucket.get("jpeg/metadata.jsonl").splitlines()]
+    assert sorted(f"jpeg/{r['file_name']}" for r in rows) == keys
+    assert not any((tmp_path / "state" / "images").iterdir())
