@@ -64,6 +64,7 @@ _FIXTURE_TIERS = {
     "start": ("integration",),
     "http": ("integration",),
     "finished_run": ("integration",),
+    "finished": ("integration",),
     "browser": ("subprocess", "slow"),
     "hf": ("slow",),
     # moto's S3 server on loopback (started once per session, as a child process)

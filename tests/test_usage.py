@@ -318,3 +318,14 @@ def test_library_refuses_a_bad_base_url_before_sending(
     with pytest.raises(UsageError, match="TENSORSLAB_BASE_URL"):
         run_batch_sync(["a prompt"], out=out, api_key=KEY)
     assert not (out / "ledger.jsonl").exists()
+
+
+def test_status_and_failed_take_a_run_directory_as_their_argument(
+    finished: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status runs/x` (a directory where the manifest goes) reports that run."""
+    capsys.readouterr()
+    assert main(["status", str(finished), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["succeeded"] == 3
+    assert main(["failed", str(finished)]) == 0
+    assert capsys.readouterr().out.startswith("id,")

@@ -426,6 +426,11 @@ def _location(ns: argparse.Namespace, shard: Shard | None) -> tuple[Path, Path]:
     """(run directory, ledger) of an existing run, from the same options as `run`;
     with only --ledger, the run directory is the ledger's. A bucket `--out` is
     handled by the caller (see `_bucket_store`)."""
+    manifest = getattr(ns, "manifest", None)
+    if ns.out is None and manifest is not None and Path(manifest).is_dir():
+        # `status runs/x` is how a newcomer asks about a run: a directory given
+        # where the manifest goes is the run directory, not a manifest
+        ns.out, ns.manifest = Path(manifest), None
     _check_dir(ns.out, "--out")
     _check_file(ns.ledger, "--ledger")
     if ns.out is None and ns.manifest is None and ns.ledger is not None:
