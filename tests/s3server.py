@@ -72,7 +72,9 @@ def moto_endpoint() -> Iterator[str]:
             break
     if port is None:
         proc.kill()
-        raise RuntimeError(f"moto server did not start (exit {proc.wait()})")
+        code = proc.wait()
+        proc.stderr.close()
+        raise RuntimeError(f"moto server did not start (exit {code})")
     # keep reading its request log so a full pipe never blocks the server
     stderr = proc.stderr
     drain = threading.Thread(target=lambda: stderr.read(), daemon=True)
