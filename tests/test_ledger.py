@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batch_runner.errors import LedgerError
 from batch_runner.models import JobSpec, JobStatus
 from batch_runner.store.ledger import (
     LedgerWriter,
@@ -252,3 +253,52 @@ def test_generated_record_needs_urls_or_a_taskid() -> None:
     bad = encode_record(make_record(JOB, JobStatus.GENERATED))
     state = replay([bad])
     assert state.generated == {} and "without URLs or a taskid" in state.warnings[0]
+
+
+async def test_immediate_writer_has_the_line_on_disk_when_append_returns(
+    tmp_path: Path,
+) -> None:
+    """Without fsync, an immediate writer's append writes and flushes in the
+    caller: the line is readable the moment append returns, in order."""
+    path = tmp_path / "l.jsonl"
+    seen: list[str] = []
+    async with LedgerWriter(
+        path, immediate=True, on_record=lambda r: seen.append(r["job_id"])
+    ) as writer:
+        for i in range(3):
+            await writer.append(
+                make_record(JobSpec(job_id=f"n{i}", prompt="p"), JobStatus.SUCCEEDED)
+            )
+            assert len(read_ledger(path).succeeded) == i + 1
+        assert writer.records_written == 3
+    assert seen == ["n0", "n1", "n2"]
+
+
+async def test_immediate_writer_fails_every_append_after_a_failed_write(
+    tmp_path: Path,
+) -> None:
+    """A write the disk refuses raises LedgerError, and so does every later
+    append: nothing is silently dropped."""
+    path = tmp_path / "l.jsonl"
+    async with LedgerWriter(path, immediate=True) as writer:
+        assert writer._fh is not None
+        writer._fh.close()
+        # a full disk: every write fails with ENOSPC
+        writer._fh = Path("/dev/full").open("ab")
+        with pytest.raises(LedgerError):
+            await writer.append(make_record(JOB, JobStatus.SUCCEEDED))
+        with pytest.raises(LedgerError):
+            await writer.append(make_record(JOB, JobStatus.FAILED))
+
+
+def test_encoded_records_are_the_standard_library_compact_json() -> None:
+    """The fast encoder writes byte for byte what json.dumps (compact, UTF-8)
+    writes, and falls back to it for what it refuses (a 100-bit integer)."""
+    job = JobSpec(
+        job_id="j-ü", prompt='say "hi" \\ ✓ \n', seed=7, meta={"a": [1, 2.5, None]}
+    )
+    record = make_record(job, JobStatus.SUCCEEDED, taskid="t", urls=["u"], files=[])
+    expected = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    assert encode_record(record) == expected.encode("utf-8")
+    big = {**record, "meta": {"n": 2**100}}
+    assert json.loads(encode_record(big))["meta"]["n"] == 2**100

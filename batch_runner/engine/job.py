@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_runner.engine.plan import WorkItem
+from batch_runner.engine.readiness import ReadinessEstimate
 from batch_runner.engine.retry import Retrier, next_poll_interval
 from batch_runner.engine.stop import StopReason
 from batch_runner.engine.transcoder import Transcoder
@@ -95,6 +96,8 @@ class JobEnv:
     #: called with each stored image file before its job is recorded
     #: succeeded, retried like a download (a run in a bucket uploads it here)
     publish: Callable[[Path], Awaitable[None]] | None = None
+    #: when this run's tasks tend to be ready: times each new task's first poll
+    readiness: ReadinessEstimate | None = None
 
 
 class _SubmitsHalted(Exception):
@@ -339,21 +342,40 @@ class Job:
         loop = asyncio.get_running_loop()
         started = loop.time()
         interval = env.poll_interval
-        # Polls keep to a timeline counted from the submit (t0 + k * interval),
-        # so a slow poll response does not push every later poll back.
-        next_poll = started if poll_first else started + interval
+        readiness = env.readiness
+        # A fresh task is first polled when this run's tasks have tended to be
+        # ready (see engine.readiness); later polls keep to a timeline counted
+        # from the submit (t0 + k * interval), so a slow poll response does
+        # not push every later poll back.
+        if poll_first:
+            next_poll = started
+        elif readiness is not None:
+            next_poll = started + readiness.first_poll(interval)
+        else:
+            next_poll = started + interval
+        first = True
         while True:
             wait = next_poll - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
+            sent = loop.time()
             result, _ = await env.retrier.call(
                 functools.partial(env.api.poll, taskid),
                 what="poll",
                 job_id=self.spec.job_id,
             )
             if result.done or result.failed:
+                if readiness is not None and not poll_first:
+                    readiness.observe(sent - started)
                 return result
             now = loop.time()
+            if first and not poll_first and readiness is not None:
+                # the probe came early: back to the timeline's next point
+                first = False
+                elapsed = now - started
+                next_poll = started + (elapsed // interval + 1) * interval
+                continue
+            first = False
             interval = next_poll_interval(now - started, interval, env.poll_interval)
             # never two polls back to back after a stall
             next_poll = max(next_poll + interval, now + interval / 2)

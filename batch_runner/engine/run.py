@@ -573,6 +573,7 @@ async def _execute(
                 fsync=s.fsync,
                 secrets=[s.api_key],
                 on_record=s.on_record,
+                immediate=True,
             )
         )
         attempt_log = await stack.enter_async_context(

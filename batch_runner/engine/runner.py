@@ -18,6 +18,7 @@ from batch_runner.engine.job import Job, JobEnd, JobEnv, Outcome
 from batch_runner.engine.limits import AimdConcurrency, RateLimiter
 from batch_runner.engine.plan import WorkItem
 from batch_runner.engine.progress import NullProgress, Progress
+from batch_runner.engine.readiness import ReadinessEstimate
 from batch_runner.engine.retry import Retrier, RetryDetails, RetryPolicy
 from batch_runner.engine.stop import PHASE_FOR, Phase, StopReason, stronger
 from batch_runner.engine.transcoder import Transcoder
@@ -158,6 +159,7 @@ class Runner:
             on_submit_latency=self._submit_latency if self._aimd else None,
             transcoder=transcoder,
             publish=publish,
+            readiness=ReadinessEstimate(),
         )
         self._phase = Phase.RUNNING
         self._inflight: set[asyncio.Task[None]] = set()

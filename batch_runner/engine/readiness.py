@@ -1,0 +1,61 @@
+"""When to poll a new task first: learned from this run's submit -> ready times (pure).
+
+A fixed first poll is wrong both ways: too late on a fast server, wasted polls
+on a slow one. The estimate is a low quantile of recent readiness, never below
+a small floor.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+#: never poll a new task sooner than this after its submit was answered
+FIRST_POLL_FLOOR = 0.002
+#: the quantile of recent ready times the first poll aims at
+READY_QUANTILE = 0.1
+#: how far below that quantile the first poll goes, so that when tasks get
+#: faster the estimate follows them down (a ready time is only ever seen at a
+#: poll, so it can never be observed earlier than the poll that found it)
+PROBE_FACTOR = 0.9
+#: recent observations kept; the estimate is refreshed every `REFRESH` of them
+WINDOW = 256
+REFRESH = 16
+
+
+@dataclass(slots=True)
+class ReadinessEstimate:
+    """The run's estimate of how long after its submit a task is ready.
+
+    `observe(s)` takes the time, counted from the submit's answer, at which a
+    poll that found the task finished was sent; `first_poll(default)` is the
+    delay before a new task's first poll: `default` (the poll interval) until
+    anything is known, then PROBE_FACTOR x the READY_QUANTILE of the last
+    WINDOW observations, at least FIRST_POLL_FLOOR. On the real API that stays
+    near the generation time (few wasted polls); at zero latency it polls
+    almost at once.
+    """
+
+    window: int = WINDOW
+    refresh: int = REFRESH
+    _seen: deque[float] = field(default_factory=deque)
+    _since_refresh: int = 0
+    _estimate: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        seen = self._seen
+        seen.append(max(0.0, seconds))
+        if len(seen) > self.window:
+            seen.popleft()
+        self._since_refresh += 1
+        # the first few observations refresh at once: a run must not poll
+        # late for its first `refresh` jobs
+        if self._since_refresh >= self.refresh or len(seen) <= self.refresh:
+            self._since_refresh = 0
+            ordered = sorted(seen)
+            quantile = ordered[int(READY_QUANTILE * (len(ordered) - 1))]
+            self._estimate = max(FIRST_POLL_FLOOR, PROBE_FACTOR * quantile)
+
+    def first_poll(self, default: float) -> float:
+        """Seconds from the submit's answer to the first poll."""
+        return default if self._estimate is None else self._estimate
