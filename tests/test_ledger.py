@@ -284,7 +284,7 @@ async def test_immediate_writer_fails_every_append_after_a_failed_write(
         assert writer._fh is not None
         writer._fh.close()
         # a full disk: every write fails with ENOSPC
-        writer._fh = Path("/dev/full").open("ab")
+        writer._fh = Path("/dev/full").open("ab")  # noqa: SIM115 (the writer closes it)
         with pytest.raises(LedgerError):
             await writer.append(make_record(JOB, JobStatus.SUCCEEDED))
         with pytest.raises(LedgerError):
