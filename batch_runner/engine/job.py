@@ -9,6 +9,7 @@ import asyncio
 import enum
 import functools
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -572,6 +573,10 @@ class Job:
 
 def _relative(path: Path, base: Path) -> str:
     """`files` entries are relative to the run directory, with forward slashes."""
+    parent, name = os.path.split(path)
+    if parent == os.path.join(base, "images"):
+        # the usual case, without pathlib's costly relative_to
+        return "images/" + name
     try:
         return path.relative_to(base).as_posix()
     except ValueError:
