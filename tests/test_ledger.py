@@ -261,17 +261,18 @@ async def test_immediate_writer_has_the_line_on_disk_when_append_returns(
     """Without fsync, an immediate writer's append writes and flushes in the
     caller: the line is readable the moment append returns, in order."""
     path = tmp_path / "l.jsonl"
-    seen: list[str] = []
-    async with LedgerWriter(
-        path, immediate=True, on_record=lambda r: seen.append(r["job_id"])
-    ) as writer:
+    async with LedgerWriter(path, immediate=True) as writer:
         for i in range(3):
             await writer.append(
                 make_record(JobSpec(job_id=f"n{i}", prompt="p"), JobStatus.SUCCEEDED)
             )
             assert len(read_ledger(path).succeeded) == i + 1
         assert writer.records_written == 3
-    assert seen == ["n0", "n1", "n2"]
+    assert [r["job_id"] for r in map(json.loads, path.read_text().splitlines())] == [
+        "n0",
+        "n1",
+        "n2",
+    ]
 
 
 async def test_immediate_writer_fails_every_append_after_a_failed_write(

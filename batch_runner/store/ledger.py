@@ -346,6 +346,8 @@ class LedgerWriter:
     time, so lines never interleave. The run's ledger is immediate; its attempt
     log is not, because a caller's wait there is when the other jobs of a run
     stopped by a rejected key record their answers before they are cancelled.
+    A writer with `on_record` is never immediate: the callback is user code and
+    runs on the writer task, not inside the job that appended.
 
     `on_record`, if given, is called with each record after its line is
     written, in ledger order, on the event loop: a copy decoded from the line
@@ -368,7 +370,10 @@ class LedgerWriter:
     ) -> None:
         self.path = path
         self._fsync = fsync
-        self._immediate = immediate and not fsync
+        # a caller's on_record runs on the writer task, as it always has: user
+        # code (a library callback may even signal the process) must not run
+        # inside the job that appended
+        self._immediate = immediate and not fsync and on_record is None
         self._on_record = on_record
         self._redact = Redactor(secrets)
         self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[None]] | None] = (
