@@ -112,7 +112,7 @@ def validate_manifest(
                 if len(duplicates) < MAX_DUPLICATE_WARNINGS:
                     duplicates.append((row.line, job_id))
         else:
-            _raise_clash(source, job_id, row.line)
+            _raise_clash(source, job_id, row.line, seen)
     if jobs == 0:
         raise ManifestError("manifest has no jobs", path=where)
     return ManifestSummary(
@@ -159,8 +159,8 @@ def iter_jobs(
                 meta=_own_meta(row),
                 source=f"{where}:{row.line}",
             )
-        elif seen is _Seen.CLASH:
-            _raise_clash(source, job_id, row.line)
+        elif seen is not _Seen.SAME_JOB:
+            _raise_clash(source, job_id, row.line, seen)
     if empty:
         raise ManifestError("manifest has no jobs", path=where)
 
@@ -182,6 +182,9 @@ class _Seen(enum.Enum):
     SAME_JOB = "same job"
     #: an explicit id used twice, or an explicit id equal to a derived one
     CLASH = "clash"
+    #: equal to an earlier id but for letter case (`Cat`, `cat`): one image
+    #: file on case-insensitive file systems (macOS, Windows)
+    CASE_CLASH = "case clash"
 
 
 class _IdSet:
@@ -193,13 +196,19 @@ class _IdSet:
     has to agree with itself within one pass. A false match needs a 64-bit
     collision (about 3e-8 at a million jobs), and the error path re-reads the
     file comparing real ids.
+
+    Case: an id with capitals also leaves the digest of its lower-case form,
+    so `Cat` after `cat` (or `CAT`) is found. Only ids with capitals pay for
+    it; derived ids are lower-case hex.
     """
 
-    __slots__ = ("_derived", "_explicit")
+    __slots__ = ("_derived", "_explicit", "_folded")
 
     def __init__(self) -> None:
         self._explicit: set[object] = set()
         self._derived: set[object] = set()
+        #: lower-cased forms of the ids that have capitals
+        self._folded: set[object] = set()
 
     def add(self, job_id: str, explicit: bool) -> _Seen:
         digest = _digest(job_id)
@@ -207,6 +216,18 @@ class _IdSet:
             return _Seen.CLASH
         if digest in self._derived:
             return _Seen.CLASH if explicit else _Seen.SAME_JOB
+        folded = job_id.lower() if explicit else job_id
+        if folded != job_id:
+            folded_digest = _digest(folded)
+            if (
+                folded_digest in self._folded
+                or folded_digest in self._explicit
+                or folded_digest in self._derived
+            ):
+                return _Seen.CASE_CLASH
+            self._folded.add(folded_digest)
+        elif digest in self._folded:
+            return _Seen.CASE_CLASH
         (self._explicit if explicit else self._derived).add(digest)
         return _Seen.NEW
 
@@ -234,7 +255,27 @@ def _first_lines(source: _Source, job_ids: Iterable[str]) -> dict[str, int]:
     return found
 
 
-def _raise_clash(source: _Source, job_id: str, line: int) -> NoReturn:
+def _first_case_variant(source: _Source, job_id: str) -> tuple[str, int] | None:
+    """The first id (and its line) equal to `job_id` but for case, if any."""
+    folded = job_id.lower()
+    for row, other, _, _ in _expanded(source):
+        if other != job_id and other.lower() == folded:
+            return other, row.line
+    return None
+
+
+def _raise_clash(source: _Source, job_id: str, line: int, seen: _Seen) -> NoReturn:
+    if seen is _Seen.CASE_CLASH:
+        other = _first_case_variant(source, job_id)
+        if other is not None:
+            raise ManifestError(
+                f"job id {job_id!r} differs from {other[0]!r} on line {other[1]} "
+                "only in letter case; their image files would be one file on "
+                "case-insensitive file systems (macOS, Windows)",
+                path=_name(source),
+                line=line,
+                field="id",
+            )
     first = _first_lines(source, [job_id]).get(job_id)
     if first is None or first == line:
         # Only a 64-bit digest collision can get here.
