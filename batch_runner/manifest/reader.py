@@ -24,6 +24,8 @@ from batch_runner.manifest.fields import (
     MAX_META_VALUES,
     MAX_PROMPT_CHARS,
     MAX_REPEAT,
+    _check_id,
+    _check_prompt,
     _Row,
 )
 from batch_runner.manifest.identity import (
@@ -33,6 +35,7 @@ from batch_runner.manifest.identity import (
 )
 from batch_runner.manifest.items import JobItems
 from batch_runner.manifest.jsonl_rows import _jsonl_rows
+from batch_runner.manifest.matrix import MAX_MATRIX_JOBS, Matrix
 from batch_runner.manifest.yaml_rows import _yaml_rows
 from batch_runner.models import JobSpec
 
@@ -42,6 +45,7 @@ __all__ = [
     "DEFAULT_RESOLUTION",
     "JOB_KEYS",
     "MAX_DUPLICATE_WARNINGS",
+    "MAX_MATRIX_JOBS",
     "MAX_META_VALUES",
     "MAX_PROMPT_CHARS",
     "MAX_REPEAT",
@@ -79,6 +83,10 @@ class ManifestSummary:
     #: derived ids that more than one row produced; `iter_jobs(repeated=...)`
     #: needs to remember only these (usually none) instead of every id
     repeated: frozenset[str] = frozenset()
+    #: rows with a `matrix`, and the distinct jobs they expanded into (with
+    #: `repeat`); both are included in `jobs`
+    matrix_rows: int = 0
+    matrix_jobs: int = 0
 
 
 def validate_manifest(
@@ -96,10 +104,17 @@ def validate_manifest(
     duplicates: list[tuple[int, str]] = []
     repeated: set[str] = set()
     last_duplicate_line = 0
+    matrix_rows = matrix_jobs = 0
+    last_matrix: Matrix | None = None
     for row, job_id, _, explicit in _expanded(source):
         seen = ids.add(job_id, explicit)
+        if row.source_matrix is not None and row.source_matrix is not last_matrix:
+            last_matrix = row.source_matrix
+            matrix_rows += 1
         if seen is _Seen.NEW:
             jobs += 1
+            if row.source_matrix is not None:
+                matrix_jobs += 1
             if on_job is not None:
                 on_job(job_id)
         elif seen is _Seen.SAME_JOB:
@@ -121,6 +136,8 @@ def validate_manifest(
         duplicates_skipped=skipped,
         warnings=_duplicate_warnings(source, duplicates, duplicate_rows),
         repeated=frozenset(repeated),
+        matrix_rows=matrix_rows,
+        matrix_jobs=matrix_jobs,
     )
 
 
@@ -366,17 +383,60 @@ def _name(source: _Source) -> str:
 
 def _read_rows(source: _Source) -> Iterator[_Row]:
     if isinstance(source, JobItems):
-        return source.rows()
+        return _with_matrices(source.rows(), source.name)
     where = source
     suffix = os.path.splitext(where)[1].lower()
     if suffix in _CSV_SUFFIXES:
         return _csv_rows(where)
     if suffix in _JSONL_SUFFIXES:
-        return _jsonl_rows(where)
+        return _with_matrices(_jsonl_rows(where), where)
     if suffix in _YAML_SUFFIXES:
-        return _yaml_rows(where)
+        return _with_matrices(_yaml_rows(where), where)
     raise ManifestError(
         f"unknown manifest format {suffix or '(no extension)'!r}: use .yaml/.yml, "
         ".csv or .jsonl/.ndjson",
         path=where,
     )
+
+
+# --- matrices -----------------------------------------------------------------
+
+
+def _with_matrices(rows: Iterable[_Row], where: str) -> Iterator[_Row]:
+    """Each row, with a matrix row replaced by one row per combination."""
+    for row in rows:
+        if row.matrix is None:
+            yield row
+        else:
+            yield from _matrix_rows(row, row.matrix, where)
+
+
+def _matrix_rows(row: _Row, matrix: Matrix, where: str) -> Iterator[_Row]:
+    base_meta = row.meta or {}
+    for prompt, job_id, values in matrix.combinations():
+        try:
+            # A value can make a prompt empty or too long; checked values and
+            # templates cannot bring in anything else a prompt must not hold.
+            if not prompt or prompt.isspace() or len(prompt) > MAX_PROMPT_CHARS:
+                _check_prompt(prompt, where, row.line)
+            if job_id is not None:
+                _check_id(job_id, where, row.line)
+        except ManifestError as err:
+            raise ManifestError(
+                f"{err.message} (matrix {Matrix.describe(values)})",
+                path=where,
+                line=row.line,
+                field=err.field,
+            ) from None
+        # the variables' values win over the job's own meta of the same name
+        yield _Row(
+            line=row.line,
+            prompt=prompt,
+            job_id=job_id,
+            resolution=row.resolution,
+            seed=row.seed,
+            prompt_extend=row.prompt_extend,
+            repeat=row.repeat,
+            meta={**base_meta, **values},
+            source_matrix=matrix,
+        )

@@ -213,7 +213,8 @@ def _yaml_fields(
     items = _yaml_items(node, where, constructor)
     valid = tuple(valid)
     for name, (_, line) in items.items():
-        if name not in valid and name not in ("prompt", "id"):
+        # `_defaults_from` explains why these three cannot be defaults
+        if name not in valid and name not in ("prompt", "id", "matrix"):
             raise _unknown_key(name, valid, where, line)
     return {
         name: (_yaml_value(name, value, where, line, constructor), line)
