@@ -1,11 +1,12 @@
 """Scale: planning a resume of a 1,000,000-job manifest stays fast and small.
 
 Generates (once, cached under bench/results/scale-cache/ keyed by size) a CSV
-manifest of N rows (prompt, seed, meta.k; ids derived by the runner) and a
-ledger of N lines in which the first half of the jobs are done: each has a
-"submitted" line and a "succeeded" line, as a real run writes them, with ids
-taken from batch_runner.manifest.reader.iter_jobs so they match. Then measures wall
-time and the child's own peak RSS (wait4) of
+manifest of N rows (prompt, seed, meta.k; ids derived by the runner, or
+explicit ones with --explicit-ids, whose parameters the plan then compares with
+the ledger's job by job) and a ledger of N lines in which the first half of the
+jobs are done: each has a "submitted" line and a "succeeded" line, as a real
+run writes them, with ids taken from batch_runner.manifest.reader.iter_jobs so
+they match. Then measures wall time and the child's own peak RSS (wait4) of
 
     python -m batch_runner run M.csv --dry-run --out DIR
     python -m batch_runner status M.csv --out DIR --json
@@ -17,7 +18,7 @@ With --yaml-jobs N it instead measures `run --dry-run` of the same jobs written
 as an N-job YAML manifest (prompt, seed, meta mapping) next to the CSV: YAML is
 streamed too, goal a few seconds and < 120 MB at 100,000 jobs.
 
-    python bench/scale.py [--rows 1000000] [--runs 2]
+    python bench/scale.py [--rows 1000000] [--runs 2] [--explicit-ids]
     python bench/scale.py --yaml-jobs 100000 [--runs 2]
 """
 
@@ -54,12 +55,16 @@ class ScaleFiles:
     done_jobs: int
 
 
-def prepare(rows: int, cache: Path = DEFAULT_CACHE) -> tuple[ScaleFiles, float]:
+def prepare(
+    rows: int, cache: Path = DEFAULT_CACHE, *, explicit_ids: bool = False
+) -> tuple[ScaleFiles, float]:
     """The cached manifest and ledger for `rows`; builds them if missing.
+    With `explicit_ids` every row has an `id` (`job-<n>`): the ledger's
+    parameters are then compared job by job, not implied by derived ids.
 
     Returns the files and the seconds spent generating (0 when cached).
     """
-    base = cache / f"rows-{rows}"
+    base = cache / (f"rows-{rows}-ids" if explicit_ids else f"rows-{rows}")
     manifest = base / "manifest.csv"
     run_dir = base / "run"
     marker = base / "complete.json"
@@ -73,7 +78,10 @@ def prepare(rows: int, cache: Path = DEFAULT_CACHE) -> tuple[ScaleFiles, float]:
         pass
     started = time.perf_counter()
     marker.unlink(missing_ok=True)
-    write_csv_manifest(manifest, rows, tag="scale")
+    if explicit_ids:
+        write_id_manifest(manifest, rows, tag="scale")
+    else:
+        write_csv_manifest(manifest, rows, tag="scale")
     run_dir.mkdir(parents=True, exist_ok=True)
     ledger = run_dir / "ledger.jsonl"
     tmp = ledger.with_suffix(".tmp")
@@ -128,9 +136,33 @@ def _check_status(stdout: str, files: ScaleFiles) -> None:
         raise BenchError(f"status counted (succeeded, pending) = {got}")
 
 
-def run_scale(rows: int, runs: int = 1, cache: Path = DEFAULT_CACHE) -> dict[str, Any]:
+def write_id_manifest(path: Path, rows: int, *, tag: str) -> Path:
+    """The rows of `write_csv_manifest` with an explicit id column."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as fh:
+        fh.write("id,prompt,seed,meta.k\n")
+        for start in range(0, rows, 10_000):
+            fh.write(
+                "".join(
+                    f"job-{i},{tag} prompt number {i} a lighthouse at dusk,{i},"
+                    f"v{i % 7}\n"
+                    for i in range(start, min(rows, start + 10_000))
+                )
+            )
+    tmp.replace(path)
+    return path
+
+
+def run_scale(
+    rows: int,
+    runs: int = 1,
+    cache: Path = DEFAULT_CACHE,
+    *,
+    explicit_ids: bool = False,
+) -> dict[str, Any]:
     """Measure the dry-run plan and `status` on the cached files; runs alternate."""
-    files, generated_s = prepare(rows, cache)
+    files, generated_s = prepare(rows, cache, explicit_ids=explicit_ids)
     commands = {
         "plan (run --dry-run)": [
             PY, "-m", "batch_runner", "run", str(files.manifest),
@@ -167,6 +199,7 @@ def run_scale(rows: int, runs: int = 1, cache: Path = DEFAULT_CACHE) -> dict[str
         )
     return {
         "rows": rows,
+        "explicit_ids": explicit_ids,
         "ledger_lines": files.ledger_lines,
         "manifest_mb": round(files.manifest.stat().st_size / 2**20, 1),
         "ledger_mb": round((files.run_dir / "ledger.jsonl").stat().st_size / 2**20, 1),
@@ -249,6 +282,11 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument(
+        "--explicit-ids",
+        action="store_true",
+        help="give every row an id, so parameters are compared job by job",
+    )
+    p.add_argument(
         "--yaml-jobs",
         type=int,
         metavar="N",
@@ -258,7 +296,9 @@ def main() -> None:
     if args.yaml_jobs:
         result = run_yaml_scale(args.yaml_jobs, args.runs, args.cache)
     else:
-        result = run_scale(args.rows, args.runs, args.cache)
+        result = run_scale(
+            args.rows, args.runs, args.cache, explicit_ids=args.explicit_ids
+        )
     print(json.dumps(result, indent=2))
 
 

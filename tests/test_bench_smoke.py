@@ -101,6 +101,8 @@ def test_scale_files_match_the_runner(tmp_path: Path) -> None:
         "status --json",
     ]
     assert res["ledger_lines"] == 40
+    res = scale.run_scale(40, runs=1, cache=tmp_path, explicit_ids=True)
+    assert res["explicit_ids"] and res["ledger_lines"] == 40
 
 
 def test_transcode_bench_reports_every_setting_and_pool(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ def test_dry_run_shows_the_expanded_count(
     assert main(["run", str(path), "--dry-run", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "plan: 13 jobs: 13 to submit" in out
-    assert "matrices:        1 row(s) expanded into 12 of the manifest's 13 jobs" in out
+    assert "matrices:        1 row(s) expanded into 12 jobs" in out
 
 
 def test_a_million_job_matrix_is_never_materialised(tmp_path: Path) -> None:
@@ -339,3 +339,11 @@ def test_count_is_product_times_repeat(
     assert validate_manifest(path).jobs == expected
     assert validate_manifest(path).matrix_jobs == expected
     assert len(list(iter_jobs(path))) == expected
+
+
+def test_jobs_given_as_values_expand_too(tmp_path: Path) -> None:
+    """A matrix in jobs handed to plan() expands like one in a manifest file."""
+    import batch_runner
+
+    the_plan = batch_runner.plan([ISSUE_EXAMPLE, "plain"], out=tmp_path / "run")
+    assert (the_plan.total, the_plan.matrix_rows, the_plan.matrix_jobs) == (13, 1, 12)

@@ -155,6 +155,7 @@ def _peak_bytes(path: Path) -> int:
         tracemalloc.stop()
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_job_count(tmp_path: Path) -> None:
     """Reading 20,000 jobs peaks at about the memory of reading 1,000."""
 

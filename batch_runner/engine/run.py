@@ -24,7 +24,8 @@ from typing import Any, Literal
 
 import aiohttp
 
-from batch_runner.engine.plan import PlanCounts, plan_counter, work_items
+from batch_runner.engine.changed import changed_jobs_error
+from batch_runner.engine.plan import Action, PlanCounts, plan_counter, work_items
 from batch_runner.engine.progress import NullProgress, Progress, TqdmProgress
 from batch_runner.engine.result import Plan, RunResult, conclude
 from batch_runner.engine.retry import RetryPolicy
@@ -32,13 +33,23 @@ from batch_runner.engine.runner import Runner, RunOptions
 from batch_runner.engine.runner import RunResult as RunTally
 from batch_runner.engine.sharding import Shard, as_shard
 from batch_runner.engine.transcoder import Transcoder
-from batch_runner.errors import BatchRunnerError, UsageError
-from batch_runner.manifest.items import Jobs, job_source
-from batch_runner.manifest.reader import ManifestSource, iter_jobs, validate_manifest
+from batch_runner.errors import BatchRunnerError, ChangedJobsError, UsageError
+from batch_runner.manifest.items import JobItems, Jobs, job_source
+from batch_runner.manifest.reader import (
+    ManifestSource,
+    ManifestSummary,
+    iter_jobs,
+    validate_manifest,
+)
 from batch_runner.models import JobSpec
 from batch_runner.outputs.dataset import write_metadata
 from batch_runner.simulator import app as simulator
-from batch_runner.store.ledger import LedgerWriter, ResumeState, read_ledger
+from batch_runner.store.ledger import (
+    LedgerWriter,
+    ResumeState,
+    read_ledger,
+    recorded_params,
+)
 from batch_runner.store.rundir import RunDir
 from batch_runner.store.transcode import ImageFormatName, ImageOptions, image_options
 from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES, ZImageClient
@@ -67,6 +78,7 @@ class _Settings:
     options: RunOptions
     request_timeout: float
     retry_failed: bool
+    rerun_changed: bool
     max_image_bytes: int
     fsync: bool
     progress: bool
@@ -98,6 +110,7 @@ async def run_batch(
     request_timeout: float = 60.0,
     grace: float = 10.0,
     retry_failed: bool = False,
+    rerun_changed: bool = False,
     download: bool = True,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     image_format: ImageFormatName = "original",
@@ -119,7 +132,7 @@ async def run_batch(
 
     `jobs` is a manifest path (YAML, CSV or JSONL), or an iterable of prompt
     strings and mappings with the manifest fields (`prompt`, `id`, `resolution`,
-    `seed`, `prompt_extend`, `repeat`, `meta`). Every job is validated before
+    `seed`, `prompt_extend`, `repeat`, `meta`, `matrix`). Every job is validated before
     anything is sent; a bad one raises ManifestError naming its line (for an
     iterable: its 1-based position, with `path` "<jobs>") and field. An
     iterable is read twice (validation, then the run) and not held in memory;
@@ -140,6 +153,10 @@ async def run_batch(
     SIGINT/SIGTERM stop the run as in the CLI: no new jobs, `grace` seconds for
     those in flight, a second signal cancels them. Cancelling the call's task
     cancels the in-flight jobs; the ledger keeps every record written.
+
+    A job whose parameters differ from its id's last ledger record raises
+    ChangedJobsError (a ManifestError) before anything is sent, naming the
+    jobs and what changed; `rerun_changed=True` submits such jobs again.
 
     Raises ManifestError (bad job), UsageError (bad keyword value, no key;
     MissingExtraError, a UsageError, when Pillow is needed and missing),
@@ -163,6 +180,7 @@ async def run_batch(
         request_timeout=request_timeout,
         grace=grace,
         retry_failed=retry_failed,
+        rerun_changed=rerun_changed,
         download=download,
         max_image_bytes=max_image_bytes,
         image_format=image_format,
@@ -198,6 +216,7 @@ def run_batch_sync(
     request_timeout: float = 60.0,
     grace: float = 10.0,
     retry_failed: bool = False,
+    rerun_changed: bool = False,
     download: bool = True,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     image_format: ImageFormatName = "original",
@@ -240,6 +259,7 @@ def run_batch_sync(
         request_timeout=request_timeout,
         grace=grace,
         retry_failed=retry_failed,
+        rerun_changed=rerun_changed,
         download=download,
         max_image_bytes=max_image_bytes,
         image_format=image_format,
@@ -274,26 +294,42 @@ def plan(
     out: str | os.PathLike[str],
     ledger: str | os.PathLike[str] | None = None,
     retry_failed: bool = False,
+    rerun_changed: bool = False,
     shard: str | Shard | None = None,
     max_jobs: int | None = None,
     download: bool = True,
 ) -> Plan:
     """What `run_batch` would do now, sending nothing (a dry run): the jobs are
     validated exactly as for a run and compared with the ledger. Takes no lock
-    and needs no key. Raises ManifestError on a bad job."""
+    and needs no key. Raises ManifestError on a bad job; jobs edited since
+    their last run are counted (`changed`), and unless `rerun_changed`,
+    `refusal` says why a run would refuse to start."""
     run_dir = RunDir(out, ledger=ledger)
     chosen = as_shard(shard)
     if max_jobs is not None:
         _check_int("max_jobs", max_jobs, 0)
-    counts, _, _ = _survey(
-        job_source(jobs),
+    source = job_source(jobs)
+    survey = _survey(
+        source,
         run_dir,
         retry_failed=retry_failed,
+        rerun_changed=rerun_changed,
         shard=chosen,
         download=download,
     )
+    counts = survey.counts
+    refusal = (
+        str(_refusal(source, run_dir, counts))
+        if counts.counts[Action.CHANGED]
+        else None
+    )
     return Plan.from_counts(
-        counts, max_jobs=max_jobs, shard=chosen.label if chosen else None
+        counts,
+        max_jobs=max_jobs,
+        shard=chosen.label if chosen else None,
+        refusal=refusal,
+        matrix_rows=survey.summary.matrix_rows,
+        matrix_jobs=survey.summary.matrix_jobs,
     )
 
 
@@ -304,16 +340,19 @@ async def _run_async(s: _Settings) -> RunResult:
     started = time.monotonic()
     _check_signals_allowed(s)
     with s.run_dir.lock():
-        counts, state, repeated = await asyncio.to_thread(
+        survey = await asyncio.to_thread(
             _survey,
             s.source,
             s.run_dir,
             retry_failed=s.retry_failed,
+            rerun_changed=s.rerun_changed,
             shard=s.shard,
             download=s.options.download,
         )
+        counts, state = survey.counts, survey.state
+        _refuse_changed(s, counts)
         the_plan = _announce(s, counts)
-        tally = await _execute(s, state, counts, repeated)
+        tally = await _execute(s, state, counts, survey.summary.repeated)
         # the resume state can be large; let it go before the metadata pass
         del state
         await asyncio.to_thread(refresh_metadata, s.run_dir)
@@ -328,16 +367,19 @@ def _run_here(
     started = time.monotonic()
     _check_signals_allowed(s)
     with s.run_dir.lock():
-        counts, state, repeated = _survey(
+        survey = _survey(
             s.source,
             s.run_dir,
             retry_failed=s.retry_failed,
+            rerun_changed=s.rerun_changed,
             shard=s.shard,
             download=s.options.download,
         )
+        counts, state = survey.counts, survey.state
+        _refuse_changed(s, counts)
         the_plan = _announce(s, counts)
         with asyncio.Runner(loop_factory=factory) as runner:
-            tally = runner.run(_execute(s, state, counts, repeated))
+            tally = runner.run(_execute(s, state, counts, survey.summary.repeated))
         del state
         refresh_metadata(s.run_dir)
         return _result(s, tally, the_plan, started)
@@ -410,16 +452,27 @@ class _CrossThreadCancel:
                 self._loop.call_soon_threadsafe(self._task.cancel)
 
 
+@dataclass(frozen=True, slots=True)
+class _Survey:
+    """The ledger's state, the manifest's summary and the plan they make."""
+
+    counts: PlanCounts
+    state: ResumeState
+    summary: ManifestSummary
+
+
 def _survey(
     source: ManifestSource,
     run_dir: RunDir,
     *,
     retry_failed: bool,
+    rerun_changed: bool = False,
     shard: Shard | None,
     download: bool = True,
-) -> tuple[PlanCounts, ResumeState, frozenset[str]]:
+) -> _Survey:
     """Read the ledger, then validate every job and count the plan in one pass
-    (millions of rows); raises ManifestError before anything is sent."""
+    (millions of rows), comparing each job's parameters with its last record;
+    raises ManifestError before anything is sent."""
     state = read_ledger(run_dir.ledger)
     for warning in state.warnings:
         log.warning("%s", warning)
@@ -428,11 +481,28 @@ def _survey(
         retry_failed=retry_failed,
         keep=shard.keeps if shard is not None else None,
         download=download,
+        rerun_changed=rerun_changed,
     )
-    summary = validate_manifest(source, on_job=count)
+    summary = validate_manifest(source, on_job_params=count)
+    if count.unsettled:
+        count.settle(recorded_params(run_dir.ledger, count.unsettled))
     for warning in summary.warnings:
         log.warning("%s", warning)
-    return counts, state, summary.repeated
+    return _Survey(counts, state, summary)
+
+
+def _refusal(
+    source: ManifestSource, run_dir: RunDir, counts: PlanCounts
+) -> ChangedJobsError:
+    name = source.name if isinstance(source, JobItems) else os.fspath(source)
+    return changed_jobs_error(counts, manifest=name, ledger=run_dir.ledger)
+
+
+def _refuse_changed(s: _Settings, counts: PlanCounts) -> None:
+    """Jobs edited since their last run stop the run before anything is sent,
+    unless `rerun_changed`."""
+    if counts.counts[Action.CHANGED]:
+        raise _refusal(s.source, s.run_dir, counts)
 
 
 def _announce(s: _Settings, counts: PlanCounts) -> Plan:
@@ -536,6 +606,7 @@ async def _execute(
             state,
             retry_failed=s.retry_failed,
             download=s.options.download,
+            rerun=counts.rerun,
         )
         return await runner.run(items)
 
@@ -614,6 +685,7 @@ def _settings(
     request_timeout: float,
     grace: float,
     retry_failed: bool,
+    rerun_changed: bool,
     download: bool,
     max_image_bytes: int,
     image_format: ImageFormatName,
@@ -674,6 +746,7 @@ def _settings(
         options=options,
         request_timeout=request_timeout,
         retry_failed=retry_failed,
+        rerun_changed=rerun_changed,
         max_image_bytes=max_image_bytes,
         fsync=fsync,
         progress=progress,

@@ -36,6 +36,7 @@ from batch_runner.manifest.identity import (
 from batch_runner.manifest.items import JobItems
 from batch_runner.manifest.jsonl_rows import _jsonl_rows
 from batch_runner.manifest.matrix import MAX_MATRIX_JOBS, Matrix
+from batch_runner.manifest.params import JobParams
 from batch_runner.manifest.yaml_rows import _yaml_rows
 from batch_runner.models import JobSpec
 
@@ -51,6 +52,7 @@ __all__ = [
     "MAX_REPEAT",
     "META_PREFIX",
     "JobItems",
+    "JobParams",
     "ManifestSource",
     "ManifestSummary",
     "iter_jobs",
@@ -90,12 +92,18 @@ class ManifestSummary:
 
 
 def validate_manifest(
-    path: ManifestSource, on_job: Callable[[str], None] | None = None
+    path: ManifestSource,
+    on_job: Callable[[str], None] | None = None,
+    *,
+    on_job_params: Callable[[str, JobParams | None], None] | None = None,
 ) -> ManifestSummary:
     """Read and check every row of the manifest; raise the first ManifestError.
 
     `on_job` is called with the id of each distinct job, in order, so a caller
     can plan in the same pass instead of reading a large manifest again.
+    `on_job_params` likewise, with the job's parameters too, to compare them
+    with a ledger's; None for a job whose id is derived from them, which
+    therefore cannot have other parameters under the same id.
     """
     source = _source(path)
     where = _name(source)
@@ -106,7 +114,7 @@ def validate_manifest(
     last_duplicate_line = 0
     matrix_rows = matrix_jobs = 0
     last_matrix: Matrix | None = None
-    for row, job_id, _, explicit in _expanded(source):
+    for row, job_id, seed, explicit in _expanded(source):
         seen = ids.add(job_id, explicit)
         if row.source_matrix is not None and row.source_matrix is not last_matrix:
             last_matrix = row.source_matrix
@@ -117,6 +125,15 @@ def validate_manifest(
                 matrix_jobs += 1
             if on_job is not None:
                 on_job(job_id)
+            if on_job_params is not None:
+                on_job_params(
+                    job_id,
+                    JobParams(
+                        row.prompt, row.resolution, seed, row.prompt_extend, row.line
+                    )
+                    if explicit
+                    else None,
+                )
         elif seen is _Seen.SAME_JOB:
             skipped += 1
             repeated.add(job_id)
