@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from batch_runner.manifest.params import JobParams
 from batch_runner.models import JobSpec
 from batch_runner.store.ledger import ResumeState
+from batch_runner.store.params import looks_derived
 
 
 class Action(enum.StrEnum):
@@ -134,17 +135,29 @@ class PlanCounter:
     def __call__(self, job_id: str, params: JobParams | None = None, /) -> None:
         if self._keep is not None and not self._keep(job_id):
             return
-        if params is not None and self._state.status_of(job_id) is not None:
-            key = params.key()
-            changed = self._state.params.compare(job_id, key)
-            if changed is None and not params.derives(job_id):
+        if params is not None:
+            state = self._state
+            # a key is kept only for jobs the ledger has records of
+            recorded = state.params.recorded(job_id)
+            if recorded is not None:
+                if recorded != params.key():
+                    self._count_changed(job_id, params)
+                    return
+            elif (
+                looks_derived(job_id)
+                and state.status_of(job_id) is not None
+                and not params.derives(job_id)
+            ):
                 # an explicit id that merely looks derived: ask the ledger
-                self.unsettled[job_id] = (key, params)
+                self.unsettled[job_id] = (params.key(), params)
                 return
-            if changed:
-                self._count_changed(job_id, params)
-                return
-        self._count_unchanged(job_id)
+        action, _ = decide_id(
+            job_id,
+            self._state,
+            retry_failed=self._retry_failed,
+            download=self._download,
+        )
+        self.counts.counts[action] += 1
 
     def settle(self, recorded: Mapping[str, int | None]) -> None:
         """Count the unsettled jobs, given the keys of the parameters the ledger

@@ -54,15 +54,22 @@ class ParamsIndex:
         of the wrong type (a hand-edited line) make them unknown."""
         if len(job_id) == 16 and not self._derived_too and looks_derived(job_id):
             return
+        # `type(...) is`: this runs for every ledger line of an explicit id
         if (
-            isinstance(prompt, str)
-            and isinstance(resolution, str)
-            and (seed is None or (isinstance(seed, int) and not isinstance(seed, bool)))
-            and (prompt_extend is None or isinstance(prompt_extend, bool))
+            type(prompt) is str
+            and type(resolution) is str
+            and (seed is None or type(seed) is int)
+            and (prompt_extend is None or type(prompt_extend) is bool)
         ):
-            self._keys[job_id] = params_key(prompt, resolution, seed, prompt_extend)
+            key = params_key(prompt, resolution, seed, prompt_extend)
         else:
-            self._keys[job_id] = UNKNOWN
+            key = UNKNOWN
+        # A dict keeps the first key object it saw: drop it, so the key is the
+        # same string object the resume state holds for the job's last record,
+        # not a second copy of the id (65 bytes a job).
+        keys = self._keys
+        keys.pop(job_id, None)
+        keys[job_id] = key
 
     def recorded(self, job_id: str) -> int | None:
         """The key last noted for a job; None if none is known."""
