@@ -136,11 +136,13 @@ def _scan(path: Path, status: RunStatus, *, audit: bool, params: bool) -> _Scan:
         job_id = head.job_id
         code = _STATE_CODES[head.status]
         status.records += 1
-        states[job_id] = code
         if scan.params is not None:
+            # re-inserted, as the params index does, so both hold one id string
+            states.pop(job_id, None)
             scan.params.note(
                 job_id, head.prompt, head.resolution, head.seed, head.prompt_extend
             )
+        states[job_id] = code
         ts = head.ts
         if isinstance(ts, str):
             if first_ts is None or ts < first_ts:
