@@ -4,6 +4,7 @@ BatchRunnerError
 ├── UsageError (also ValueError)       an option or argument is invalid: names it
 │   └── MissingExtraError              an option needs an extra that is not installed
 ├── ManifestError (also ValueError)   bad input: file, line, field
+│   └── ChangedJobsError               jobs edited since the ledger recorded them
 ├── LedgerError                        the ledger cannot be read or written
 ├── RunLockedError                     another run holds the run directory or ledger
 ├── TranscodeError                     a downloaded image cannot be re-encoded
@@ -59,6 +60,18 @@ class ManifestError(BatchRunnerError, ValueError):
         if self.field:
             return f"{where}: field '{self.field}': {self.message}"
         return f"{where}: {self.message}"
+
+
+class ChangedJobsError(ManifestError):
+    """Manifest jobs whose parameters differ from the ledger's last record of
+    their ids; `job_ids` are the first few, `count` how many there are."""
+
+    def __init__(
+        self, message: str, *, path: str, job_ids: tuple[str, ...], count: int
+    ) -> None:
+        self.job_ids = job_ids
+        self.count = count
+        super().__init__(message, path=path)
 
 
 class LedgerError(BatchRunnerError):

@@ -1,11 +1,12 @@
 """Scale: planning a resume of a 1,000,000-job manifest stays fast and small.
 
 Generates (once, cached under bench/results/scale-cache/ keyed by size) a CSV
-manifest of N rows (prompt, seed, meta.k; ids derived by the runner) and a
-ledger of N lines in which the first half of the jobs are done: each has a
-"submitted" line and a "succeeded" line, as a real run writes them, with ids
-taken from batch_runner.manifest.reader.iter_jobs so they match. Then measures wall
-time and the child's own peak RSS (wait4) of
+manifest of N rows (prompt, seed, meta.k; ids derived by the runner, or
+explicit ones with --explicit-ids, whose parameters the plan then compares with
+the ledger's job by job) and a ledger of N lines in which the first half of the
+jobs are done: each has a "submitted" line and a "succeeded" line, as a real
+run writes them, with ids taken from batch_runner.manifest.reader.iter_jobs so
+they match. Then measures wall time and the child's own peak RSS (wait4) of
 
     python -m batch_runner run M.csv --dry-run --out DIR
     python -m batch_runner status M.csv --out DIR --json
@@ -13,7 +14,12 @@ time and the child's own peak RSS (wait4) of
 and checks each printed the expected counts. Goals: peak RSS < 150 MB and
 wall time < 5 s, for both commands.
 
-    python bench/scale.py [--rows 1000000] [--runs 2]
+With --yaml-jobs N it instead measures `run --dry-run` of the same jobs written
+as an N-job YAML manifest (prompt, seed, meta mapping) next to the CSV: YAML is
+streamed too, goal a few seconds and < 120 MB at 100,000 jobs.
+
+    python bench/scale.py [--rows 1000000] [--runs 2] [--explicit-ids]
+    python bench/scale.py --yaml-jobs 100000 [--runs 2]
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from batch_runner.store.ledger import encode_record, make_record
 CACHE_VERSION = 1
 RSS_GOAL_MB = 150.0
 TIME_GOAL_S = 5.0
+YAML_RSS_GOAL_MB = 120.0
+YAML_TIME_GOAL_S = 5.0
 DEFAULT_CACHE = REPO / "bench" / "results" / "scale-cache"
 
 
@@ -47,12 +55,16 @@ class ScaleFiles:
     done_jobs: int
 
 
-def prepare(rows: int, cache: Path = DEFAULT_CACHE) -> tuple[ScaleFiles, float]:
+def prepare(
+    rows: int, cache: Path = DEFAULT_CACHE, *, explicit_ids: bool = False
+) -> tuple[ScaleFiles, float]:
     """The cached manifest and ledger for `rows`; builds them if missing.
+    With `explicit_ids` every row has an `id` (`job-<n>`): the ledger's
+    parameters are then compared job by job, not implied by derived ids.
 
     Returns the files and the seconds spent generating (0 when cached).
     """
-    base = cache / f"rows-{rows}"
+    base = cache / (f"rows-{rows}-ids" if explicit_ids else f"rows-{rows}")
     manifest = base / "manifest.csv"
     run_dir = base / "run"
     marker = base / "complete.json"
@@ -66,7 +78,10 @@ def prepare(rows: int, cache: Path = DEFAULT_CACHE) -> tuple[ScaleFiles, float]:
         pass
     started = time.perf_counter()
     marker.unlink(missing_ok=True)
-    write_csv_manifest(manifest, rows, tag="scale")
+    if explicit_ids:
+        write_id_manifest(manifest, rows, tag="scale")
+    else:
+        write_csv_manifest(manifest, rows, tag="scale")
     run_dir.mkdir(parents=True, exist_ok=True)
     ledger = run_dir / "ledger.jsonl"
     tmp = ledger.with_suffix(".tmp")
@@ -121,9 +136,33 @@ def _check_status(stdout: str, files: ScaleFiles) -> None:
         raise BenchError(f"status counted (succeeded, pending) = {got}")
 
 
-def run_scale(rows: int, runs: int = 1, cache: Path = DEFAULT_CACHE) -> dict[str, Any]:
+def write_id_manifest(path: Path, rows: int, *, tag: str) -> Path:
+    """The rows of `write_csv_manifest` with an explicit id column."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8", newline="") as fh:
+        fh.write("id,prompt,seed,meta.k\n")
+        for start in range(0, rows, 10_000):
+            fh.write(
+                "".join(
+                    f"job-{i},{tag} prompt number {i} a lighthouse at dusk,{i},"
+                    f"v{i % 7}\n"
+                    for i in range(start, min(rows, start + 10_000))
+                )
+            )
+    tmp.replace(path)
+    return path
+
+
+def run_scale(
+    rows: int,
+    runs: int = 1,
+    cache: Path = DEFAULT_CACHE,
+    *,
+    explicit_ids: bool = False,
+) -> dict[str, Any]:
     """Measure the dry-run plan and `status` on the cached files; runs alternate."""
-    files, generated_s = prepare(rows, cache)
+    files, generated_s = prepare(rows, cache, explicit_ids=explicit_ids)
     commands = {
         "plan (run --dry-run)": [
             PY, "-m", "batch_runner", "run", str(files.manifest),
@@ -160,6 +199,7 @@ def run_scale(rows: int, runs: int = 1, cache: Path = DEFAULT_CACHE) -> dict[str
         )
     return {
         "rows": rows,
+        "explicit_ids": explicit_ids,
         "ledger_lines": files.ledger_lines,
         "manifest_mb": round(files.manifest.stat().st_size / 2**20, 1),
         "ledger_mb": round((files.run_dir / "ledger.jsonl").stat().st_size / 2**20, 1),
@@ -168,13 +208,98 @@ def run_scale(rows: int, runs: int = 1, cache: Path = DEFAULT_CACHE) -> dict[str
     }
 
 
+def write_yaml_manifest(path: Path, jobs: int, *, tag: str = "bench") -> Path:
+    """The jobs of `write_csv_manifest` as a YAML list (meta as a mapping)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        chunk: list[str] = []
+        for i in range(jobs):
+            chunk.append(
+                f"- prompt: {tag} prompt number {i} a lighthouse at dusk\n"
+                f"  seed: {i}\n  meta: {{k: v{i % 7}}}\n"
+            )
+            if len(chunk) >= 10_000:
+                fh.write("".join(chunk))
+                chunk.clear()
+        fh.write("".join(chunk))
+    tmp.replace(path)
+    return path
+
+
+def run_yaml_scale(
+    jobs: int, runs: int = 1, cache: Path = DEFAULT_CACHE
+) -> dict[str, Any]:
+    """Measure `run --dry-run` of an N-job YAML manifest and of the same CSV."""
+    base = cache / f"yaml-{jobs}"
+    manifests = {
+        "yaml": base / "manifest.yaml",
+        "csv": base / "manifest.csv",
+    }
+    if not manifests["yaml"].exists():
+        write_yaml_manifest(manifests["yaml"], jobs)
+    if not manifests["csv"].exists():
+        write_csv_manifest(manifests["csv"], jobs)
+    env = child_env(key=None)
+    samples: dict[str, list[tuple[float, float, float]]] = {n: [] for n in manifests}
+    for _ in range(runs):
+        for name, manifest in manifests.items():
+            cmd = [
+                PY, "-m", "batch_runner", "run", str(manifest), "--dry-run",
+                "--out", str(base / f"run-{name}"), "--no-progress",
+            ]  # fmt: skip
+            m = measure(cmd, timeout=600, env=env).check()
+            if f"{jobs} to submit" not in m.stdout:
+                raise BenchError(f"unexpected plan for {name}:\n{m.stdout[-1000:]}")
+            samples[name].append((m.wall_s, m.peak_rss_mb, m.cpu_s))
+    results = []
+    for name, got in samples.items():
+        wall = statistics.median(s for s, _, _ in got)
+        rss = max(r for _, r, _ in got)
+        results.append(
+            {
+                "command": f"run --dry-run ({name})",
+                "jobs": jobs,
+                "runs": len(got),
+                "wall_s": round(wall, 2),
+                # CPU seconds: what a busy shared machine inflates least
+                "cpu_s": round(statistics.median(c for _, _, c in got), 2),
+                "peak_rss_mb": round(rss, 1),
+                "time_ok": wall < YAML_TIME_GOAL_S,
+                "rss_ok": rss < YAML_RSS_GOAL_MB,
+            }
+        )
+    return {
+        "jobs": jobs,
+        "yaml_mb": round(manifests["yaml"].stat().st_size / 2**20, 1),
+        "results": results,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    p.add_argument(
+        "--explicit-ids",
+        action="store_true",
+        help="give every row an id, so parameters are compared job by job",
+    )
+    p.add_argument(
+        "--yaml-jobs",
+        type=int,
+        metavar="N",
+        help="measure the dry run of an N-job YAML manifest instead",
+    )
     args = p.parse_args()
-    print(json.dumps(run_scale(args.rows, args.runs, args.cache), indent=2))
+    if args.yaml_jobs:
+        result = run_yaml_scale(args.yaml_jobs, args.runs, args.cache)
+    else:
+        result = run_scale(
+            args.rows, args.runs, args.cache, explicit_ids=args.explicit_ids
+        )
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -101,6 +101,8 @@ def test_scale_files_match_the_runner(tmp_path: Path) -> None:
         "status --json",
     ]
     assert res["ledger_lines"] == 40
+    res = scale.run_scale(40, runs=1, cache=tmp_path, explicit_ids=True)
+    assert res["explicit_ids"] and res["ledger_lines"] == 40
 
 
 def test_transcode_bench_reports_every_setting_and_pool(tmp_path: Path) -> None:
@@ -136,3 +138,13 @@ def test_transcode_bench_reports_every_setting_and_pool(tmp_path: Path) -> None:
     }
     assert all(run["images_per_s"] > 0 for name, run in report["pools"].items()
                if name != "no re-encoding (baseline stall)")  # fmt: skip
+
+
+def test_yaml_scale_measures_both_formats(tmp_path: Path) -> None:
+    """The YAML scale bench runs the dry run on the YAML and the CSV of 30 jobs."""
+    res = scale.run_yaml_scale(30, runs=1, cache=tmp_path)
+    assert [r["command"] for r in res["results"]] == [
+        "run --dry-run (yaml)",
+        "run --dry-run (csv)",
+    ]
+    assert all(r["peak_rss_mb"] > 0 for r in res["results"])

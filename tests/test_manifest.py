@@ -1023,3 +1023,40 @@ def test_iter_jobs_trusting_validation_yields_the_same_jobs(
     assert trusted == checked
     assert len(trusted) == summary.jobs
     assert len({j.job_id for j in trusted}) == len(trusted)
+
+
+# --- ids that differ only in case ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "line", "other", "other_line"),
+    [
+        ("m.yaml", "- {prompt: a, id: cat}\n- b\n- {prompt: c, id: Cat}\n", 3,
+         "cat", 1),
+        ("m.yaml", "- {prompt: a, id: CAT}\n- {prompt: c, id: Cat}\n", 2, "CAT", 1),
+        ("m.csv", "id,prompt\nDog,a\nb-dog,b\ndog,c\n", 4, "Dog", 2),
+        ("m.jsonl", '{"prompt": "a", "id": "x", "repeat": 2}\n'
+         '{"prompt": "b", "id": "X-1"}\n', 2, "x-1", 1),
+    ],
+)  # fmt: skip
+def test_ids_differing_only_in_case_are_refused(
+    tmp_path: Path, name: str, content: str, line: int, other: str, other_line: int
+) -> None:
+    """`Cat` and `cat` would share a file on macOS/Windows: refused, naming both."""
+    err = assert_error(
+        write(tmp_path, name, content), line, "id", "only in letter case"
+    )
+    assert f"{other!r} on line {other_line}" in err.message
+
+
+def test_explicit_id_differing_from_a_derived_one_only_in_case(tmp_path: Path) -> None:
+    """An explicit id that is a derived id in capitals is refused too."""
+    upper = derived("a").upper()
+    path = write(tmp_path, "m.csv", f"id,prompt\n,a\n{upper},b\n")
+    assert_error(path, 3, "id", "only in letter case")
+
+
+def test_ids_with_capitals_that_differ_otherwise_are_fine(tmp_path: Path) -> None:
+    """Capitals alone are fine: only a case-only difference is refused."""
+    path = write(tmp_path, "m.csv", "id,prompt\nCat,a\nCats,b\ncat-2,c\nDOG,d\n")
+    assert load(path)[0].jobs == 4

@@ -187,6 +187,12 @@ def _add_run_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="run jobs the ledger records as failed again",
     )
     add(
+        "--rerun-changed",
+        action="store_true",
+        help="regenerate jobs whose parameters changed since their last run "
+        "(without it such a run refuses to start)",
+    )
+    add(
         "--no-download",
         dest="download",
         action="store_false",

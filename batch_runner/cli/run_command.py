@@ -44,11 +44,16 @@ def run_command(
                 out=out_dir,
                 ledger=ns.ledger,
                 retry_failed=ns.retry_failed,
+                rerun_changed=ns.rerun_changed,
                 shard=shard,
                 max_jobs=ns.max_jobs,
                 download=ns.download,
             )
             print_plan(the_plan, ns.credits_per_image)
+            if the_plan.refusal is not None:
+                # the run would refuse: so does its rehearsal
+                log.error("%s", the_plan.refusal)
+                return ExitCode.USAGE
             return ExitCode.OK
         result = run_batch_sync(
             ns.manifest,
@@ -66,6 +71,7 @@ def run_command(
             request_timeout=ns.request_timeout,
             grace=ns.grace,
             retry_failed=ns.retry_failed,
+            rerun_changed=ns.rerun_changed,
             download=ns.download,
             max_image_bytes=ns.max_image_bytes,
             image_format=ns.image_format,
@@ -95,12 +101,20 @@ def run_command(
 def print_plan(the_plan: Plan, credits_per_image: float | None) -> None:
     """The dry run's report on stdout; nothing was sent."""
     print(f"plan: {the_plan.describe()}")
+    if the_plan.matrix_rows:
+        print(
+            f"  matrices:        {the_plan.matrix_rows} row(s) expanded into "
+            f"{the_plan.matrix_jobs} jobs"
+        )
     print(f"  to submit:       {the_plan.to_submit}")
     print(f"  to poll:         {the_plan.poll}")
     if the_plan.fetch:
         print(f"  to download:     {the_plan.fetch} (generated earlier, no new task)")
     print(f"  already done:    {the_plan.done}")
     print(f"  failed, skipped: {the_plan.failed_skipped}")
+    if the_plan.changed:
+        verdict = "refused" if the_plan.refused else "to submit again"
+        print(f"  changed:         {the_plan.changed} ({verdict})")
     if credits_per_image is not None:
         print(
             f"  credits:         {the_plan.credits(credits_per_image):g} "

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from batch_runner.manifest.params import JobParams
 from batch_runner.models import JobSpec
 from batch_runner.store.ledger import ResumeState
+from batch_runner.store.params import looks_derived
 
 
 class Action(enum.StrEnum):
@@ -18,11 +20,16 @@ class Action(enum.StrEnum):
     FETCH = "fetch"
     DONE = "done"
     SKIP_FAILED = "skip-failed"
+    #: the manifest gives the job other parameters than its last run had:
+    #: refused, unless --rerun-changed makes it SUBMIT
+    CHANGED = "changed"
 
 
 #: failures after which the server-side task is known to have succeeded, so
 #: --retry-failed fetches it again instead of paying for a new one
 _REFETCH_STAGES = frozenset({"download", "transcode"})
+#: changed jobs a plan remembers, to name them in the refusal
+MAX_CHANGED_EXAMPLES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +43,29 @@ class WorkItem:
 
 
 def decide(
-    job: JobSpec, state: ResumeState, *, retry_failed: bool, download: bool = True
+    job: JobSpec,
+    state: ResumeState,
+    *,
+    retry_failed: bool,
+    download: bool = True,
+    rerun_changed: bool = False,
 ) -> tuple[Action, str | None]:
-    """The action for one job and the taskid to poll, if any."""
+    """The action for one job and the taskid to poll, if any. A job whose id
+    looks derived counts as unchanged here; the plan (`plan_counter`) settles
+    such jobs from the ledger."""
+    if state.status_of(job.job_id) is not None and state.params.compare(
+        job.job_id, JobParams.of(job).key()
+    ):
+        return (Action.SUBMIT if rerun_changed else Action.CHANGED), None
     return decide_id(job.job_id, state, retry_failed=retry_failed, download=download)
 
 
 def decide_id(
     job_id: str, state: ResumeState, *, retry_failed: bool, download: bool = True
 ) -> tuple[Action, str | None]:
-    """`decide` for a bare job id (all the ledger knows a job by). With
-    `download=False` a generated job is as done as that run can make it."""
+    """`decide` for a bare job id (all the ledger knows a job by), parameters
+    aside. With `download=False` a generated job is as done as that run can
+    make it."""
     if job_id in state.succeeded:
         return Action.DONE, None
     taskid = state.submitted.get(job_id)
@@ -69,6 +88,12 @@ class PlanCounts:
     """How many jobs fall under each action."""
 
     counts: dict[Action, int] = field(default_factory=lambda: dict.fromkeys(Action, 0))
+    #: jobs whose parameters changed since their last run (under CHANGED, or
+    #: under SUBMIT with --rerun-changed), and the first few of them
+    changed: int = 0
+    changed_examples: list[tuple[str, JobParams]] = field(default_factory=list)
+    #: with --rerun-changed: the ids of all of them, for `work_items(rerun=...)`
+    rerun: set[str] = field(default_factory=set)
 
     @property
     def in_scope(self) -> int:
@@ -83,25 +108,109 @@ class PlanCounts:
         return sum(self.counts.values())
 
 
+class PlanCounter:
+    """Counts jobs into `counts`, one at a time: pass it to
+    `validate_manifest(on_job_params=...)` so changed jobs are found in the
+    same pass. Jobs whose ledger parameters are not in memory (see
+    `ParamsIndex.compare`) wait in `unsettled` for `settle`."""
+
+    def __init__(
+        self,
+        state: ResumeState,
+        *,
+        retry_failed: bool,
+        keep: Callable[[str], bool] | None = None,
+        download: bool = True,
+        rerun_changed: bool = False,
+    ) -> None:
+        self.counts = PlanCounts()
+        #: job id -> (its parameters' key, its parameters), for `settle`
+        self.unsettled: dict[str, tuple[int, JobParams]] = {}
+        self._state = state
+        self._retry_failed = retry_failed
+        self._keep = keep
+        self._download = download
+        self._rerun_changed = rerun_changed
+
+    def __call__(self, job_id: str, params: JobParams | None = None, /) -> None:
+        if self._keep is not None and not self._keep(job_id):
+            return
+        if params is not None:
+            state = self._state
+            # a key is kept only for jobs the ledger has records of
+            recorded = state.params.recorded(job_id)
+            if recorded is not None:
+                if recorded != params.key():
+                    self._count_changed(job_id, params)
+                    return
+            elif (
+                looks_derived(job_id)
+                and state.status_of(job_id) is not None
+                and not params.derives(job_id)
+            ):
+                # an explicit id that merely looks derived: ask the ledger
+                self.unsettled[job_id] = (params.key(), params)
+                return
+        action, _ = decide_id(
+            job_id,
+            self._state,
+            retry_failed=self._retry_failed,
+            download=self._download,
+        )
+        self.counts.counts[action] += 1
+
+    def settle(self, recorded: Mapping[str, int | None]) -> None:
+        """Count the unsettled jobs, given the keys of the parameters the ledger
+        holds for them (`recorded_params`; None: unreadable, which cannot
+        prove an edit)."""
+        for job_id, (key, params) in self.unsettled.items():
+            last = recorded.get(job_id)
+            if last is not None and last != key:
+                self._count_changed(job_id, params)
+            else:
+                self._count_unchanged(job_id)
+        self.unsettled.clear()
+
+    def _count_unchanged(self, job_id: str) -> None:
+        action, _ = decide_id(
+            job_id,
+            self._state,
+            retry_failed=self._retry_failed,
+            download=self._download,
+        )
+        self.counts.counts[action] += 1
+
+    def _count_changed(self, job_id: str, params: JobParams) -> None:
+        counts = self.counts
+        counts.changed += 1
+        if len(counts.changed_examples) < MAX_CHANGED_EXAMPLES:
+            counts.changed_examples.append((job_id, params))
+        if self._rerun_changed:
+            counts.rerun.add(job_id)
+            counts.counts[Action.SUBMIT] += 1
+        else:
+            counts.counts[Action.CHANGED] += 1
+
+
 def plan_counter(
     state: ResumeState,
     *,
     retry_failed: bool,
     keep: Callable[[str], bool] | None = None,
     download: bool = True,
-) -> tuple[PlanCounts, Callable[[str], None]]:
+    rerun_changed: bool = False,
+) -> tuple[PlanCounts, PlanCounter]:
     """A PlanCounts and the callback that fills it, one job id at a time; `keep`
-    filters ids (a shard)."""
-    counts = PlanCounts()
-
-    def count(job_id: str) -> None:
-        if keep is None or keep(job_id):
-            action, _ = decide_id(
-                job_id, state, retry_failed=retry_failed, download=download
-            )
-            counts.counts[action] += 1
-
-    return counts, count
+    filters ids (a shard). Call `settle` on the counter if it has `unsettled`
+    jobs before using the counts."""
+    counter = PlanCounter(
+        state,
+        retry_failed=retry_failed,
+        keep=keep,
+        download=download,
+        rerun_changed=rerun_changed,
+    )
+    return counter.counts, counter
 
 
 def count_plan(
@@ -110,10 +219,14 @@ def count_plan(
     *,
     retry_failed: bool,
     download: bool = True,
+    rerun_changed: bool = False,
 ) -> PlanCounts:
-    counts, count = plan_counter(state, retry_failed=retry_failed, download=download)
+    counts, count = plan_counter(
+        state, retry_failed=retry_failed, download=download, rerun_changed=rerun_changed
+    )
     for job in jobs:
-        count(job.job_id)
+        count(job.job_id, JobParams.of(job))
+    count.settle({})  # no ledger to read: as `decide` does
     return counts
 
 
@@ -123,11 +236,18 @@ def work_items(
     *,
     retry_failed: bool,
     download: bool = True,
+    rerun: Collection[str] = frozenset(),
 ) -> Iterator[WorkItem]:
-    """The jobs to run, in manifest order, streamed."""
+    """The jobs to run, in manifest order, streamed; `rerun` are the changed
+    jobs the plan found (`PlanCounts.rerun`), submitted again. Parameters are
+    not compared here: a run with changed jobs and no --rerun-changed refuses
+    to start before it gets this far."""
     for job in jobs:
-        action, taskid = decide(
-            job, state, retry_failed=retry_failed, download=download
+        if job.job_id in rerun:
+            yield WorkItem(job)
+            continue
+        action, taskid = decide_id(
+            job.job_id, state, retry_failed=retry_failed, download=download
         )
         if action is Action.SUBMIT:
             yield WorkItem(job)

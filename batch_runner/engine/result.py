@@ -36,10 +36,26 @@ class Plan:
     shard: str | None = None
     #: jobs generated earlier whose images are to download (no new task)
     fetch: int = 0
+    #: jobs whose parameters changed since their last run: refused (under
+    #: `refused`), or counted under `submit` with `rerun_changed=True`
+    changed: int = 0
+    refused: int = 0
+    #: why a run would refuse to start (the changed jobs, named), or None
+    refusal: str | None = None
+    #: manifest rows with a `matrix`, and the jobs they expanded into
+    matrix_rows: int = 0
+    matrix_jobs: int = 0
 
     @classmethod
     def from_counts(
-        cls, counts: PlanCounts, *, max_jobs: int | None, shard: str | None
+        cls,
+        counts: PlanCounts,
+        *,
+        max_jobs: int | None,
+        shard: str | None,
+        refusal: str | None = None,
+        matrix_rows: int = 0,
+        matrix_jobs: int = 0,
     ) -> Plan:
         c = counts.counts
         return cls(
@@ -51,6 +67,11 @@ class Plan:
             max_jobs=max_jobs,
             shard=shard,
             fetch=c[Action.FETCH],
+            changed=counts.changed,
+            refused=c[Action.CHANGED],
+            refusal=refusal,
+            matrix_rows=matrix_rows,
+            matrix_jobs=matrix_jobs,
         )
 
     @property
@@ -71,10 +92,20 @@ class Plan:
             " (skipped; --retry-failed reruns them)" if self.failed_skipped else ""
         )
         fetch = f"{self.fetch} to download, " if self.fetch else ""
+        rerun = (
+            f" ({self.changed} of them changed since their last run)"
+            if self.changed and not self.refused
+            else ""
+        )
+        refused = (
+            f", {self.refused} changed since their last run (refused)"
+            if self.refused
+            else ""
+        )
         return (
-            f"{self.total} jobs{shard}: {self.submit} to submit, "
+            f"{self.total} jobs{shard}: {self.submit} to submit{rerun}, "
             f"{self.poll} to poll, {fetch}{self.done} already done, "
-            f"{self.failed_skipped} failed earlier{skipped}"
+            f"{self.failed_skipped} failed earlier{skipped}{refused}"
         )
 
     def to_dict(self) -> dict[str, Any]:

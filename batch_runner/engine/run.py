@@ -26,7 +26,8 @@ from typing import Any, Literal
 
 import aiohttp
 
-from batch_runner.engine.plan import PlanCounts, plan_counter, work_items
+from batch_runner.engine.changed import changed_jobs_error
+from batch_runner.engine.plan import Action, PlanCounts, plan_counter, work_items
 from batch_runner.engine.progress import NullProgress, Progress, TqdmProgress
 from batch_runner.engine.result import Plan, RunResult, conclude
 from batch_runner.engine.retry import RetryPolicy
@@ -35,10 +36,20 @@ from batch_runner.engine.runner import RunResult as RunTally
 from batch_runner.engine.sharding import Shard, as_shard
 from batch_runner.engine.transcoder import Transcoder
 from batch_runner.engine.uploads import bucket_publisher
-from batch_runner.errors import BatchRunnerError, StoreError, UsageError
+from batch_runner.errors import (
+    BatchRunnerError,
+    ChangedJobsError,
+    StoreError,
+    UsageError,
+)
 from batch_runner.exit_codes import ExitCode
-from batch_runner.manifest.items import Jobs, job_source
-from batch_runner.manifest.reader import ManifestSource, iter_jobs, validate_manifest
+from batch_runner.manifest.items import JobItems, Jobs, job_source
+from batch_runner.manifest.reader import (
+    ManifestSource,
+    ManifestSummary,
+    iter_jobs,
+    validate_manifest,
+)
 from batch_runner.models import JobSpec
 from batch_runner.outputs.dataset import write_metadata
 from batch_runner.simulator import app as simulator
@@ -48,7 +59,12 @@ from batch_runner.store.bucket import (
     fetch_ledger_if_any,
     run_blocking,
 )
-from batch_runner.store.ledger import LedgerWriter, ResumeState, read_ledger
+from batch_runner.store.ledger import (
+    LedgerWriter,
+    ResumeState,
+    read_ledger,
+    recorded_params,
+)
 from batch_runner.store.remote import (
     RemoteUrl,
     Store,
@@ -85,6 +101,7 @@ class _Settings:
     options: RunOptions
     request_timeout: float
     retry_failed: bool
+    rerun_changed: bool
     max_image_bytes: int
     fsync: bool
     progress: bool
@@ -119,6 +136,7 @@ async def run_batch(
     request_timeout: float = 60.0,
     grace: float = 10.0,
     retry_failed: bool = False,
+    rerun_changed: bool = False,
     download: bool = True,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     image_format: ImageFormatName = "original",
@@ -142,7 +160,7 @@ async def run_batch(
 
     `jobs` is a manifest path (YAML, CSV or JSONL), or an iterable of prompt
     strings and mappings with the manifest fields (`prompt`, `id`, `resolution`,
-    `seed`, `prompt_extend`, `repeat`, `meta`). Every job is validated before
+    `seed`, `prompt_extend`, `repeat`, `meta`, `matrix`). Every job is validated before
     anything is sent; a bad one raises ManifestError naming its line (for an
     iterable: its 1-based position, with `path` "<jobs>") and field. An
     iterable is read twice (validation, then the run) and not held in memory;
@@ -170,6 +188,10 @@ async def run_batch(
     is empty, uploads each image as it arrives and the new ledger records every
     `sync_interval` seconds and at every clean stop.
 
+    A job whose parameters differ from its id's last ledger record raises
+    ChangedJobsError (a ManifestError) before anything is sent, naming the
+    jobs and what changed; `rerun_changed=True` submits such jobs again.
+
     Raises ManifestError (bad job), UsageError (bad keyword value, no key;
     MissingExtraError, a UsageError, when Pillow or the `s3` extra is needed and
     missing), RunLockedError (another run holds `out` or the ledger),
@@ -193,6 +215,7 @@ async def run_batch(
         request_timeout=request_timeout,
         grace=grace,
         retry_failed=retry_failed,
+        rerun_changed=rerun_changed,
         download=download,
         max_image_bytes=max_image_bytes,
         image_format=image_format,
@@ -230,6 +253,7 @@ def run_batch_sync(
     request_timeout: float = 60.0,
     grace: float = 10.0,
     retry_failed: bool = False,
+    rerun_changed: bool = False,
     download: bool = True,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     image_format: ImageFormatName = "original",
@@ -274,6 +298,7 @@ def run_batch_sync(
         request_timeout=request_timeout,
         grace=grace,
         retry_failed=retry_failed,
+        rerun_changed=rerun_changed,
         download=download,
         max_image_bytes=max_image_bytes,
         image_format=image_format,
@@ -310,32 +335,48 @@ def plan(
     out: str | os.PathLike[str],
     ledger: str | os.PathLike[str] | None = None,
     retry_failed: bool = False,
+    rerun_changed: bool = False,
     shard: str | Shard | None = None,
     max_jobs: int | None = None,
     download: bool = True,
 ) -> Plan:
     """What `run_batch` would do now, sending nothing (a dry run): the jobs are
     validated exactly as for a run and compared with the ledger. Takes no lock
-    and needs no key. Raises ManifestError on a bad job. With a bucket URL as
+    and needs no key. Raises ManifestError on a bad job; jobs edited since
+    their last run are counted (`changed`), and unless `rerun_changed`,
+    `refusal` says why a run would refuse to start. With a bucket URL as
     `out`, the ledger is read from the bucket (into a temporary folder, never
     into the state dir a run may be using)."""
     chosen = as_shard(shard)
     if max_jobs is not None:
         _check_int("max_jobs", max_jobs, 0)
+    source = job_source(jobs)
     with contextlib.ExitStack() as scratch:
         run_dir, store = _locate(out, ledger, None)
         if store is not None:
             run_dir = RunDir(scratch.enter_context(tempfile.TemporaryDirectory()))
             run_blocking(fetch_ledger_if_any(store, run_dir.root))
-        counts, _, _ = _survey(
-            job_source(jobs),
+        survey = _survey(
+            source,
             run_dir,
             retry_failed=retry_failed,
+            rerun_changed=rerun_changed,
             shard=chosen,
             download=download,
         )
+        counts = survey.counts
+        refusal = (
+            str(_refusal(source, run_dir, counts))
+            if counts.counts[Action.CHANGED]
+            else None
+        )
     return Plan.from_counts(
-        counts, max_jobs=max_jobs, shard=chosen.label if chosen else None
+        counts,
+        max_jobs=max_jobs,
+        shard=chosen.label if chosen else None,
+        refusal=refusal,
+        matrix_rows=survey.summary.matrix_rows,
+        matrix_jobs=survey.summary.matrix_jobs,
     )
 
 
@@ -349,16 +390,19 @@ async def _run_async(s: _Settings) -> RunResult:
         bucket = _bucket_of(s)
         if bucket is not None:
             await bucket.open()
-        counts, state, repeated = await asyncio.to_thread(
+        survey = await asyncio.to_thread(
             _survey,
             s.source,
             s.run_dir,
             retry_failed=s.retry_failed,
+            rerun_changed=s.rerun_changed,
             shard=s.shard,
             download=s.options.download,
         )
+        counts, state = survey.counts, survey.state
+        _refuse_changed(s, counts)
         the_plan = _announce(s, counts)
-        tally = await _execute(s, state, counts, repeated, bucket)
+        tally = await _execute(s, state, counts, survey.summary.repeated, bucket)
         # the resume state can be large; let it go before the metadata pass
         del state
         if bucket is not None:
@@ -379,15 +423,18 @@ def _run_here(
         bucket = _bucket_of(s)
         if bucket is not None:
             runner.run(bucket.open())
-        counts, state, repeated = _survey(
+        survey = _survey(
             s.source,
             s.run_dir,
             retry_failed=s.retry_failed,
+            rerun_changed=s.rerun_changed,
             shard=s.shard,
             download=s.options.download,
         )
+        counts, state = survey.counts, survey.state
+        _refuse_changed(s, counts)
         the_plan = _announce(s, counts)
-        tally = runner.run(_execute(s, state, counts, repeated, bucket))
+        tally = runner.run(_execute(s, state, counts, survey.summary.repeated, bucket))
         del state
         if bucket is not None:
             runner.run(refresh_bucket_metadata(s.run_dir, bucket))
@@ -463,16 +510,27 @@ class _CrossThreadCancel:
                 self._loop.call_soon_threadsafe(self._task.cancel)
 
 
+@dataclass(frozen=True, slots=True)
+class _Survey:
+    """The ledger's state, the manifest's summary and the plan they make."""
+
+    counts: PlanCounts
+    state: ResumeState
+    summary: ManifestSummary
+
+
 def _survey(
     source: ManifestSource,
     run_dir: RunDir,
     *,
     retry_failed: bool,
+    rerun_changed: bool = False,
     shard: Shard | None,
     download: bool = True,
-) -> tuple[PlanCounts, ResumeState, frozenset[str]]:
+) -> _Survey:
     """Read the ledger, then validate every job and count the plan in one pass
-    (millions of rows); raises ManifestError before anything is sent."""
+    (millions of rows), comparing each job's parameters with its last record;
+    raises ManifestError before anything is sent."""
     state = read_ledger(run_dir.ledger)
     for warning in state.warnings:
         log.warning("%s", warning)
@@ -481,11 +539,28 @@ def _survey(
         retry_failed=retry_failed,
         keep=shard.keeps if shard is not None else None,
         download=download,
+        rerun_changed=rerun_changed,
     )
-    summary = validate_manifest(source, on_job=count)
+    summary = validate_manifest(source, on_job_params=count)
+    if count.unsettled:
+        count.settle(recorded_params(run_dir.ledger, count.unsettled))
     for warning in summary.warnings:
         log.warning("%s", warning)
-    return counts, state, summary.repeated
+    return _Survey(counts, state, summary)
+
+
+def _refusal(
+    source: ManifestSource, run_dir: RunDir, counts: PlanCounts
+) -> ChangedJobsError:
+    name = source.name if isinstance(source, JobItems) else os.fspath(source)
+    return changed_jobs_error(counts, manifest=name, ledger=run_dir.ledger)
+
+
+def _refuse_changed(s: _Settings, counts: PlanCounts) -> None:
+    """Jobs edited since their last run stop the run before anything is sent,
+    unless `rerun_changed`."""
+    if counts.counts[Action.CHANGED]:
+        raise _refusal(s.source, s.run_dir, counts)
 
 
 def _announce(s: _Settings, counts: PlanCounts) -> Plan:
@@ -615,6 +690,7 @@ async def _execute(
             state,
             retry_failed=s.retry_failed,
             download=s.options.download,
+            rerun=counts.rerun,
         )
         return await runner.run(items)
 
@@ -709,6 +785,7 @@ def _settings(
     request_timeout: float,
     grace: float,
     retry_failed: bool,
+    rerun_changed: bool,
     download: bool,
     max_image_bytes: int,
     image_format: ImageFormatName,
@@ -773,6 +850,7 @@ def _settings(
         options=options,
         request_timeout=request_timeout,
         retry_failed=retry_failed,
+        rerun_changed=rerun_changed,
         max_image_bytes=max_image_bytes,
         fsync=fsync,
         progress=progress,

@@ -16,6 +16,7 @@ from batch_runner.manifest.identity import (
     normalize_resolution,
     validate_job_id,
 )
+from batch_runner.manifest.matrix import Matrix, check_matrix
 
 MAX_PROMPT_CHARS = 8192
 MAX_REPEAT = 10_000
@@ -24,7 +25,16 @@ DEFAULT_RESOLUTION = "1024*1024"
 #: stops a YAML alias bomb from exploding into the ledger
 MAX_META_VALUES = 10_000
 
-JOB_KEYS = ("prompt", "id", "resolution", "seed", "prompt_extend", "repeat", "meta")
+JOB_KEYS = (
+    "prompt",
+    "id",
+    "resolution",
+    "seed",
+    "prompt_extend",
+    "repeat",
+    "meta",
+    "matrix",
+)
 DEFAULT_KEYS = ("resolution", "seed", "prompt_extend", "repeat", "meta")
 
 
@@ -40,6 +50,10 @@ class _Row:
     prompt_extend: bool | None = None
     repeat: int | None = None
     meta: dict[str, Any] | None = None
+    #: set on a row with `matrix`, whose prompt and id are templates
+    matrix: Matrix | None = None
+    #: on each combination of a matrix row: the matrix it came from
+    source_matrix: Matrix | None = None
 
 
 def _kind(value: object) -> str:
@@ -258,6 +272,13 @@ def _checked(fields: _Fields, where: str) -> dict[str, object]:
 
 def _defaults_from(fields: _Fields, where: str) -> dict[str, object]:
     for key, (_, line) in fields.items():
+        if key == "matrix":
+            raise ManifestError(
+                "'matrix' cannot have a default: give it on the jobs it expands",
+                path=where,
+                line=line,
+                field=key,
+            )
         if key in ("prompt", "id"):
             raise ManifestError(
                 f"{key!r} cannot have a default: every job needs its own",
@@ -282,6 +303,13 @@ def _row_from(
         )
     prompt, prompt_line = fields["prompt"]
     row = _Row(line=line, prompt=_check_prompt(prompt, where, prompt_line))
+    if "matrix" in fields:
+        # The prompt and the id are templates, checked per combination later.
+        matrix, matrix_line = fields["matrix"]
+        row.matrix = check_matrix(
+            matrix, row.prompt, prompt_line, fields.get("id"), where, matrix_line
+        )
+        fields = {k: v for k, v in fields.items() if k not in ("matrix", "id")}
     checked = _checked(fields, where)
     for key, value in {**defaults, **checked}.items():
         setattr(row, _ROW_ATTRIBUTES[key], value)

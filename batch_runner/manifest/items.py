@@ -35,7 +35,8 @@ class JobItems:
     """An iterable of jobs, read like a manifest whose line N is the Nth item.
 
     Each item is a prompt string or a mapping with the manifest fields
-    (`prompt`, `id`, `resolution`, `seed`, `prompt_extend`, `repeat`, `meta`).
+    (`prompt`, `id`, `resolution`, `seed`, `prompt_extend`, `repeat`, `meta`,
+    `matrix`).
     The reader iterates the items more than once (validation first, then the
     run), so a one-shot iterator (a generator, `map`, an open file) is copied
     into a list here; a re-iterable collection is not copied.

@@ -24,6 +24,8 @@ from batch_runner.manifest.fields import (
     MAX_META_VALUES,
     MAX_PROMPT_CHARS,
     MAX_REPEAT,
+    _check_id,
+    _check_prompt,
     _Row,
 )
 from batch_runner.manifest.identity import (
@@ -33,6 +35,8 @@ from batch_runner.manifest.identity import (
 )
 from batch_runner.manifest.items import JobItems
 from batch_runner.manifest.jsonl_rows import _jsonl_rows
+from batch_runner.manifest.matrix import MAX_MATRIX_JOBS, Matrix
+from batch_runner.manifest.params import JobParams
 from batch_runner.manifest.yaml_rows import _yaml_rows
 from batch_runner.models import JobSpec
 
@@ -42,11 +46,13 @@ __all__ = [
     "DEFAULT_RESOLUTION",
     "JOB_KEYS",
     "MAX_DUPLICATE_WARNINGS",
+    "MAX_MATRIX_JOBS",
     "MAX_META_VALUES",
     "MAX_PROMPT_CHARS",
     "MAX_REPEAT",
     "META_PREFIX",
     "JobItems",
+    "JobParams",
     "ManifestSource",
     "ManifestSummary",
     "iter_jobs",
@@ -79,15 +85,25 @@ class ManifestSummary:
     #: derived ids that more than one row produced; `iter_jobs(repeated=...)`
     #: needs to remember only these (usually none) instead of every id
     repeated: frozenset[str] = frozenset()
+    #: rows with a `matrix`, and the distinct jobs they expanded into (with
+    #: `repeat`); both are included in `jobs`
+    matrix_rows: int = 0
+    matrix_jobs: int = 0
 
 
 def validate_manifest(
-    path: ManifestSource, on_job: Callable[[str], None] | None = None
+    path: ManifestSource,
+    on_job: Callable[[str], None] | None = None,
+    *,
+    on_job_params: Callable[[str, JobParams | None], None] | None = None,
 ) -> ManifestSummary:
     """Read and check every row of the manifest; raise the first ManifestError.
 
     `on_job` is called with the id of each distinct job, in order, so a caller
     can plan in the same pass instead of reading a large manifest again.
+    `on_job_params` likewise, with the job's parameters too, to compare them
+    with a ledger's; None for a job whose id is derived from them, which
+    therefore cannot have other parameters under the same id.
     """
     source = _source(path)
     where = _name(source)
@@ -96,12 +112,28 @@ def validate_manifest(
     duplicates: list[tuple[int, str]] = []
     repeated: set[str] = set()
     last_duplicate_line = 0
-    for row, job_id, _, explicit in _expanded(source):
+    matrix_rows = matrix_jobs = 0
+    last_matrix: Matrix | None = None
+    for row, job_id, seed, explicit in _expanded(source):
         seen = ids.add(job_id, explicit)
+        if row.source_matrix is not None and row.source_matrix is not last_matrix:
+            last_matrix = row.source_matrix
+            matrix_rows += 1
         if seen is _Seen.NEW:
             jobs += 1
+            if row.source_matrix is not None:
+                matrix_jobs += 1
             if on_job is not None:
                 on_job(job_id)
+            if on_job_params is not None:
+                on_job_params(
+                    job_id,
+                    JobParams(
+                        row.prompt, row.resolution, seed, row.prompt_extend, row.line
+                    )
+                    if explicit
+                    else None,
+                )
         elif seen is _Seen.SAME_JOB:
             skipped += 1
             repeated.add(job_id)
@@ -112,7 +144,7 @@ def validate_manifest(
                 if len(duplicates) < MAX_DUPLICATE_WARNINGS:
                     duplicates.append((row.line, job_id))
         else:
-            _raise_clash(source, job_id, row.line)
+            _raise_clash(source, job_id, row.line, seen)
     if jobs == 0:
         raise ManifestError("manifest has no jobs", path=where)
     return ManifestSummary(
@@ -121,6 +153,8 @@ def validate_manifest(
         duplicates_skipped=skipped,
         warnings=_duplicate_warnings(source, duplicates, duplicate_rows),
         repeated=frozenset(repeated),
+        matrix_rows=matrix_rows,
+        matrix_jobs=matrix_jobs,
     )
 
 
@@ -159,8 +193,8 @@ def iter_jobs(
                 meta=_own_meta(row),
                 source=f"{where}:{row.line}",
             )
-        elif seen is _Seen.CLASH:
-            _raise_clash(source, job_id, row.line)
+        elif seen is not _Seen.SAME_JOB:
+            _raise_clash(source, job_id, row.line, seen)
     if empty:
         raise ManifestError("manifest has no jobs", path=where)
 
@@ -182,6 +216,9 @@ class _Seen(enum.Enum):
     SAME_JOB = "same job"
     #: an explicit id used twice, or an explicit id equal to a derived one
     CLASH = "clash"
+    #: equal to an earlier id but for letter case (`Cat`, `cat`): one image
+    #: file on case-insensitive file systems (macOS, Windows)
+    CASE_CLASH = "case clash"
 
 
 class _IdSet:
@@ -193,13 +230,19 @@ class _IdSet:
     has to agree with itself within one pass. A false match needs a 64-bit
     collision (about 3e-8 at a million jobs), and the error path re-reads the
     file comparing real ids.
+
+    Case: an id with capitals also leaves the digest of its lower-case form,
+    so `Cat` after `cat` (or `CAT`) is found. Only ids with capitals pay for
+    it; derived ids are lower-case hex.
     """
 
-    __slots__ = ("_derived", "_explicit")
+    __slots__ = ("_derived", "_explicit", "_folded")
 
     def __init__(self) -> None:
         self._explicit: set[object] = set()
         self._derived: set[object] = set()
+        #: lower-cased forms of the ids that have capitals
+        self._folded: set[object] = set()
 
     def add(self, job_id: str, explicit: bool) -> _Seen:
         digest = _digest(job_id)
@@ -207,6 +250,18 @@ class _IdSet:
             return _Seen.CLASH
         if digest in self._derived:
             return _Seen.CLASH if explicit else _Seen.SAME_JOB
+        folded = job_id.lower() if explicit else job_id
+        if folded != job_id:
+            folded_digest = _digest(folded)
+            if (
+                folded_digest in self._folded
+                or folded_digest in self._explicit
+                or folded_digest in self._derived
+            ):
+                return _Seen.CASE_CLASH
+            self._folded.add(folded_digest)
+        elif digest in self._folded:
+            return _Seen.CASE_CLASH
         (self._explicit if explicit else self._derived).add(digest)
         return _Seen.NEW
 
@@ -234,7 +289,27 @@ def _first_lines(source: _Source, job_ids: Iterable[str]) -> dict[str, int]:
     return found
 
 
-def _raise_clash(source: _Source, job_id: str, line: int) -> NoReturn:
+def _first_case_variant(source: _Source, job_id: str) -> tuple[str, int] | None:
+    """The first id (and its line) equal to `job_id` but for case, if any."""
+    folded = job_id.lower()
+    for row, other, _, _ in _expanded(source):
+        if other != job_id and other.lower() == folded:
+            return other, row.line
+    return None
+
+
+def _raise_clash(source: _Source, job_id: str, line: int, seen: _Seen) -> NoReturn:
+    if seen is _Seen.CASE_CLASH:
+        other = _first_case_variant(source, job_id)
+        if other is not None:
+            raise ManifestError(
+                f"job id {job_id!r} differs from {other[0]!r} on line {other[1]} "
+                "only in letter case; their image files would be one file on "
+                "case-insensitive file systems (macOS, Windows)",
+                path=_name(source),
+                line=line,
+                field="id",
+            )
     first = _first_lines(source, [job_id]).get(job_id)
     if first is None or first == line:
         # Only a 64-bit digest collision can get here.
@@ -325,17 +400,60 @@ def _name(source: _Source) -> str:
 
 def _read_rows(source: _Source) -> Iterator[_Row]:
     if isinstance(source, JobItems):
-        return source.rows()
+        return _with_matrices(source.rows(), source.name)
     where = source
     suffix = os.path.splitext(where)[1].lower()
     if suffix in _CSV_SUFFIXES:
         return _csv_rows(where)
     if suffix in _JSONL_SUFFIXES:
-        return _jsonl_rows(where)
+        return _with_matrices(_jsonl_rows(where), where)
     if suffix in _YAML_SUFFIXES:
-        return _yaml_rows(where)
+        return _with_matrices(_yaml_rows(where), where)
     raise ManifestError(
         f"unknown manifest format {suffix or '(no extension)'!r}: use .yaml/.yml, "
         ".csv or .jsonl/.ndjson",
         path=where,
     )
+
+
+# --- matrices -----------------------------------------------------------------
+
+
+def _with_matrices(rows: Iterable[_Row], where: str) -> Iterator[_Row]:
+    """Each row, with a matrix row replaced by one row per combination."""
+    for row in rows:
+        if row.matrix is None:
+            yield row
+        else:
+            yield from _matrix_rows(row, row.matrix, where)
+
+
+def _matrix_rows(row: _Row, matrix: Matrix, where: str) -> Iterator[_Row]:
+    base_meta = row.meta or {}
+    for prompt, job_id, values in matrix.combinations():
+        try:
+            # A value can make a prompt empty or too long; checked values and
+            # templates cannot bring in anything else a prompt must not hold.
+            if not prompt or prompt.isspace() or len(prompt) > MAX_PROMPT_CHARS:
+                _check_prompt(prompt, where, row.line)
+            if job_id is not None:
+                _check_id(job_id, where, row.line)
+        except ManifestError as err:
+            raise ManifestError(
+                f"{err.message} (matrix {Matrix.describe(values)})",
+                path=where,
+                line=row.line,
+                field=err.field,
+            ) from None
+        # the variables' values win over the job's own meta of the same name
+        yield _Row(
+            line=row.line,
+            prompt=prompt,
+            job_id=job_id,
+            resolution=row.resolution,
+            seed=row.seed,
+            prompt_extend=row.prompt_extend,
+            repeat=row.repeat,
+            meta={**base_meta, **values},
+            source_matrix=matrix,
+        )

@@ -1,9 +1,10 @@
 """Where a run stands (`status`) and what failed (`failed`), read from the ledger.
 
 Built for million-line ledgers: one streaming pass in which a JSON parser reads
-each line's head (`store.ledger.read_head`: job id, status, stage, files, ...,
-skipping prompt and meta), keeping only a state code per job and what the
-report needs, never the records.
+each line's head (`store.ledger.read_head`: job id, status, stage, files, the
+parameters, ..., skipping meta), keeping only a state code per job (and, with a
+manifest, an 8-byte key of its parameters) and what the report needs, never the
+records.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from batch_runner.manifest.params import JobParams
 from batch_runner.manifest.reader import ManifestSource, validate_manifest
 from batch_runner.outputs.audit import suspected_duplicate_submits
 from batch_runner.store.ledger import (
@@ -26,7 +28,9 @@ from batch_runner.store.ledger import (
     ledger_lines,
     loads,
     read_head,
+    recorded_params,
 )
+from batch_runner.store.params import ParamsIndex
 from batch_runner.store.rundir import RunDir
 
 _STATE_CODES = {"submitted": "s", "succeeded": "S", "failed": "F", "generated": "G"}
@@ -80,6 +84,10 @@ class RunStatus:
     #: without the flag fetches them
     generated: int = 0
     pending: int | None = None
+    #: with a manifest: its jobs whose parameters differ from their last
+    #: record (counted under that record's state too); `run` refuses them
+    #: unless --rerun-changed
+    changed: int | None = None
     records: int = 0
     unreadable_lines: int = 0
     images_expected: int = 0
@@ -111,10 +119,12 @@ class _Scan:
     files_of: dict[str, int] = field(default_factory=dict)
     #: the audit fields of every record with `attempts`, when wanted
     outcomes: list[dict[str, Any]] = field(default_factory=list)
+    #: what each job was last run with, when a manifest is to be compared
+    params: ParamsIndex | None = None
 
 
-def _scan(path: Path, status: RunStatus, *, audit: bool) -> _Scan:
-    scan = _Scan()
+def _scan(path: Path, status: RunStatus, *, audit: bool, params: bool) -> _Scan:
+    scan = _Scan(params=ParamsIndex() if params else None)
     states, failures, files_of = scan.states, scan.failures, scan.files_of
     first_ts = last_ts = None
     for raw in ledger_lines(path):
@@ -126,6 +136,12 @@ def _scan(path: Path, status: RunStatus, *, audit: bool) -> _Scan:
         job_id = head.job_id
         code = _STATE_CODES[head.status]
         status.records += 1
+        if scan.params is not None:
+            # re-inserted, as the params index does, so both hold one id string
+            states.pop(job_id, None)
+            scan.params.note(
+                job_id, head.prompt, head.resolution, head.seed, head.prompt_extend
+            )
         states[job_id] = code
         ts = head.ts
         if isinstance(ts, str):
@@ -169,23 +185,43 @@ def _count_manifest(
     scan: _Scan,
     manifest: ManifestSource,
     keep: Callable[[str], bool] | None,
+    ledger: Path,
 ) -> None:
-    """Count the manifest's jobs by their ledger state; `scan.states` is left
-    holding only the ledger's other jobs."""
+    """Count the manifest's jobs by their ledger state, and those whose
+    parameters changed since; `scan.states` is left holding only the ledger's
+    other jobs."""
     states = scan.states
+    params = scan.params if scan.params is not None else ParamsIndex()
     counts: Counter[str] = Counter()
-    tally = {"jobs": 0, "pending": 0}
+    tally = {"jobs": 0, "pending": 0, "changed": 0}
+    #: jobs whose ledger parameters were not kept: job id -> manifest key
+    unsettled: dict[str, int] = {}
 
-    def count(job_id: str) -> None:
+    def count(job_id: str, job: JobParams | None) -> None:
         if keep is None or keep(job_id):
             tally["jobs"] += 1
             code = states.pop(job_id, None)
             if code is None:
                 tally["pending"] += 1
-            else:
-                counts[code] += 1
+                return
+            counts[code] += 1
+            if job is not None:
+                key = job.key()
+                changed = params.compare(job_id, key)
+                if changed is None and not job.derives(job_id):
+                    unsettled[job_id] = key
+                elif changed:
+                    tally["changed"] += 1
 
-    validate_manifest(manifest, on_job=count)
+    validate_manifest(manifest, on_job_params=count)
+    if unsettled:
+        recorded = recorded_params(ledger, unsettled)
+        tally["changed"] += sum(
+            1
+            for job_id, key in unsettled.items()
+            if recorded[job_id] not in (None, key)
+        )
+    status.changed = tally["changed"]
     status.total = tally["jobs"]
     status.pending = tally["pending"]
     status.succeeded, status.failed = counts["S"], counts["F"]
@@ -208,10 +244,10 @@ def run_status(
     run = RunDir(run_dir, ledger=ledger) if run_dir is not None else None
     attempts = run.attempts if run is not None else None
     audit = attempts is not None and attempts.exists()
-    scan = _scan(ledger, status, audit=audit)
+    scan = _scan(ledger, status, audit=audit, params=manifest is not None)
     failures: Iterable[tuple[str, str]] = scan.failures.values()
     if manifest is not None:
-        _count_manifest(status, scan, manifest, keep)
+        _count_manifest(status, scan, manifest, keep, ledger)
         # failure reasons of the counted jobs only, so they add up to `failed`
         failures = (v for j, v in scan.failures.items() if j not in scan.states)
     else:
@@ -271,6 +307,12 @@ def format_status(status: RunStatus, name: str) -> str:
         f"jobs: {status.total} — succeeded {status.succeeded}{generated}, failed "
         f"{status.failed}, submitted (in flight) {status.submitted}{pending}"
     )
+    if status.changed:
+        lines.append(
+            f"changed since their last run: {status.changed} (the manifest gives "
+            "other parameters; `run` refuses them, `run --rerun-changed` "
+            "regenerates them)"
+        )
     if status.other_jobs:
         by_state = ", ".join(
             f"{k} {v}" for k, v in status.other.items() if v or k != "generated"

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from batch_runner.errors import LedgerError
 from batch_runner.models import JobSpec, JobStatus
 from batch_runner.redact import Redactor
 from batch_runner.store.images import legacy_stem
+from batch_runner.store.params import ParamsIndex
 
 _KNOWN_STATUSES = frozenset(s.value for s in JobStatus)
 #: fields of free text from outside (the API, exceptions): the only ones redacted
@@ -53,7 +54,7 @@ def loads(raw: bytes | str) -> Any:
 
 class RecordHead(msgspec.Struct, frozen=True):
     """The fields of a record that replay and the reports read. The parser checks
-    the whole line but builds only these; prompt, meta and the rest are skipped.
+    the whole line but builds only these; meta and the rest are skipped.
     Every field is `Any`: a hand-edited value of an odd type is the reader's call."""
 
     job_id: Any = None
@@ -67,6 +68,11 @@ class RecordHead(msgspec.Struct, frozen=True):
     attempts: Any = None
     run: Any = None
     uncertain: Any = None
+    # what was sent, to notice a job edited since (ParamsIndex)
+    prompt: Any = None
+    resolution: Any = None
+    seed: Any = None
+    prompt_extend: Any = None
 
 
 _HEAD_DECODER = msgspec.json.Decoder(RecordHead)
@@ -233,6 +239,8 @@ class ResumeState:
     #: image file stems an old run dir gave a job's second and later images
     #: (`<id>-<k>`), each -> the job that owns it; see store.images.image_stem
     legacy_stems: dict[str, str] = field(default_factory=dict)
+    #: what each job was last run with, to notice edited jobs
+    params: ParamsIndex = field(default_factory=ParamsIndex)
 
     def apply(self, record: Mapping[str, Any]) -> None:
         """Fold one record in; later records override earlier ones."""
@@ -254,6 +262,9 @@ class ResumeState:
         if status == JobStatus.GENERATED and not urls and taskid is None:
             raise ValueError("generated record without URLs or a taskid")
         self.records += 1
+        self.params.note(
+            job_id, head.prompt, head.resolution, head.seed, head.prompt_extend
+        )
         self.succeeded.discard(job_id)
         self.submitted.pop(job_id, None)
         self.failed.pop(job_id, None)
@@ -537,6 +548,19 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
         record = parse_record(raw)
         if record is not None:
             yield record
+
+
+def recorded_params(ledger: Path, job_ids: Collection[str]) -> dict[str, int | None]:
+    """The key of the parameters of each job's last record (None if unreadable
+    or absent), for `job_ids` only: the few an edit check could not settle."""
+    index = ParamsIndex(derived_too=True)
+    for raw in ledger_lines(ledger):
+        head = read_head(raw)
+        if head is not None and head.job_id in job_ids:
+            index.note(
+                head.job_id, head.prompt, head.resolution, head.seed, head.prompt_extend
+            )
+    return {job_id: index.recorded(job_id) for job_id in job_ids}
 
 
 def latest_records(path: Path) -> dict[str, dict[str, Any]]:
