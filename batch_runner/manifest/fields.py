@@ -16,6 +16,7 @@ from batch_runner.manifest.identity import (
     normalize_resolution,
     validate_job_id,
 )
+from batch_runner.manifest.kinds import kind as _kind
 from batch_runner.manifest.matrix import Matrix, check_matrix
 
 MAX_PROMPT_CHARS = 8192
@@ -54,25 +55,6 @@ class _Row:
     matrix: Matrix | None = None
     #: on each combination of a matrix row: the matrix it came from
     source_matrix: Matrix | None = None
-
-
-def _kind(value: object) -> str:
-    """Name a value's type the way a manifest author thinks of it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"a {type(value).__name__}"
 
 
 def _check_prompt(value: object, where: str, line: int) -> str:

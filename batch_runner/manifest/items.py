@@ -8,7 +8,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from batch_runner.errors import ManifestError
-from batch_runner.manifest.fields import _kind, _Row, _row_from
+from batch_runner.manifest.fields import _Row, _row_from
+from batch_runner.manifest.kinds import kind as _kind
 
 #: the "path" errors name for jobs given as values; the "line" is the position
 ITEMS_NAME = "<jobs>"

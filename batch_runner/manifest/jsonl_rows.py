@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from batch_runner.errors import ManifestError
-from batch_runner.manifest.fields import _kind, _Row, _row_from
+from batch_runner.manifest.fields import _Row, _row_from
+from batch_runner.manifest.kinds import kind as _kind
 from batch_runner.manifest.textio import _decode_line, _open_binary
 
 

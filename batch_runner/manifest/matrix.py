@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from batch_runner.errors import ManifestError
+from batch_runner.manifest.kinds import kind as _kind
 
 #: jobs one matrix row may expand into (before `repeat`); far more than any
 #: dataset needs, and a bound on the time one typo in a list can cost
@@ -113,18 +114,6 @@ def parse_template(
         parts.append(f"{{{names[name]}}}")
     parts.append(text[position:])
     return Template("".join(parts), frozenset(used))
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"a {type(value).__name__}"
 
 
 def _value_text(value: object, where: str, line: int, name: str) -> str:
