@@ -81,6 +81,7 @@ def test_edited_prompt_is_refused_then_rerun_on_request(
     assert hashlib.sha256(new_image).hexdigest() == last["images"][0]["sha256"]
     meta = (out / "metadata.jsonl").read_text()
     assert '"beta"' in meta and '"alpha"' not in meta
+    assert len(meta.splitlines()) == 1
 
     # and now it is simply done
     assert run(manifest, out) == 0

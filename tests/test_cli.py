@@ -14,6 +14,7 @@ import pytest
 
 from batch_runner.cli.main import main
 from batch_runner.outputs.audit import suspected_duplicate_submits
+from batch_runner.outputs.dataset import write_metadata
 from batch_runner.store.lock import RunLock
 
 from .procs import (
@@ -214,6 +215,12 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path) -> None:
     assert jobs <= created <= jobs + kills * concurrency
     images = list((out / "images").iterdir())
     assert sorted(p.name for p in images) == sorted(f"job-{i}.png" for i in range(jobs))
+    # metadata.jsonl, compacted from the log the kills cut short, is what a
+    # rebuild from the whole ledger writes
+    compacted = (out / "metadata.jsonl").read_bytes()
+    assert len(compacted.splitlines()) == jobs
+    write_metadata(out)
+    assert (out / "metadata.jsonl").read_bytes() == compacted
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

@@ -51,7 +51,9 @@ from batch_runner.manifest.reader import (
     validate_manifest,
 )
 from batch_runner.models import JobSpec
-from batch_runner.outputs.dataset import write_metadata
+from batch_runner.outputs.dataset import compact_metadata
+from batch_runner.outputs.metadata_log import MetadataLog
+from batch_runner.outputs.metadata_log import sync as sync_metadata_log
 from batch_runner.simulator import app as simulator
 from batch_runner.store.bucket import (
     DEFAULT_SYNC_INTERVAL,
@@ -642,6 +644,13 @@ async def _execute(
             request_timeout=s.request_timeout,
             max_image_bytes=s.max_image_bytes,
         )
+        # entered before the ledger writer so it closes after it: every line
+        # the writer flushes on the way out is copied
+        succeeded_log = MetadataLog(
+            s.run_dir.metadata_log, s.run_dir.ledger, reruns=counts.rerun
+        )
+        await asyncio.to_thread(succeeded_log.open)
+        stack.callback(succeeded_log.close)
         ledger = await stack.enter_async_context(
             LedgerWriter(
                 s.run_dir.ledger,
@@ -649,6 +658,7 @@ async def _execute(
                 secrets=[s.api_key],
                 on_record=s.on_record,
                 immediate=True,
+                after_write=succeeded_log.note,
             )
         )
         attempt_log = await stack.enter_async_context(
@@ -714,12 +724,16 @@ def _jobs_in_scope(s: _Settings, repeated: frozenset[str]) -> Iterator[JobSpec]:
 
 
 def refresh_metadata(run_dir: RunDir) -> None:
-    """Rebuild DIR/metadata.jsonl from the ledger, unless it is already newer."""
+    """Compact DIR/metadata.jsonl from the metadata log, unless it is already newer."""
     target = run_dir.metadata
     try:
-        if target.exists() and target.stat().st_mtime >= run_dir.ledger.stat().st_mtime:
+        sync_metadata_log(run_dir.metadata_log, run_dir.ledger)
+        if (
+            target.exists()
+            and target.stat().st_mtime >= run_dir.metadata_log.stat().st_mtime
+        ):
             return
-        rows = write_metadata(run_dir.root, run_dir.ledger)
+        rows = compact_metadata(run_dir.root, run_dir.ledger)
     except (OSError, BatchRunnerError) as exc:
         # the images and the ledger are what matter; the index can be rebuilt
         log.warning("could not write %s: %s", target, exc)
@@ -728,12 +742,12 @@ def refresh_metadata(run_dir: RunDir) -> None:
 
 
 async def refresh_bucket_metadata(run_dir: RunDir, bucket: BucketRun) -> None:
-    """Rebuild metadata.jsonl against the images in the bucket, and upload it."""
+    """Compact metadata.jsonl against the images in the bucket, and upload it."""
     where = bucket.url.child(run_dir.metadata.name)
     try:
         present = await bucket.image_keys()
         rows = await asyncio.to_thread(
-            write_metadata, run_dir.root, run_dir.ledger, present=present.__contains__
+            compact_metadata, run_dir.root, run_dir.ledger, present=present.__contains__
         )
         await bucket.upload_metadata(run_dir.metadata)
     except (OSError, BatchRunnerError) as exc:

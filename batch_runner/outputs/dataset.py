@@ -2,7 +2,9 @@
 
 Both are built from each job's last ledger record when it says "succeeded",
 one sample per image file on disk. The ledger is streamed, never held: a
-million-line ledger costs one dict of job ids, not a million records.
+million-line ledger costs one map of job-id hashes, not a million records; a
+run's own metadata.jsonl is compacted from its metadata log, holding no per-job
+map at all (`compact_metadata`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from batch_runner.models import JobStatus
+from batch_runner.outputs import metadata_log
+from batch_runner.store.final_records import final_lines, numbered_final_records
 from batch_runner.store.images import image_size, safe_relative, sniff_extension
-from batch_runner.store.ledger import ledger_lines, parse_record, read_head
 from batch_runner.store.rundir import RunDir, atomic_write
 
 log = logging.getLogger("batch_runner.outputs.dataset")
@@ -58,65 +60,6 @@ CORE_COLUMNS = (
     "taskid",
     "sha256",
 )
-
-
-# -- reading the ledger -------------------------------------------------------
-
-
-def records_at(
-    path: Path, linenos: Collection[int]
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) of the readable records on these 0-based lines,
-    parsing no other line."""
-    if not linenos:
-        return
-    stop = max(linenos)
-    for lineno, raw in enumerate(ledger_lines(path)):
-        if lineno in linenos:
-            record = parse_record(raw)
-            if record is not None:
-                yield lineno, record
-        if lineno >= stop:
-            return
-
-
-def final_lines(
-    path: Path, statuses: Collection[str] = (JobStatus.SUCCEEDED,)
-) -> set[int]:
-    """0-based line numbers of each job's last record, when its status is in
-    `statuses`. Holds only job id -> line number, never the records.
-
-    At a million jobs the map is the whole cost, so it is keyed by the id's
-    64-bit hash and holds `2 * line + keep` ints rather than strings and tuples
-    (about half the memory). Two ids sharing a hash (about 1e-8 at a million
-    jobs) would drop one row from this rebuildable index, never from the ledger.
-    """
-    last: dict[int, int] = {}
-    for lineno, raw in enumerate(ledger_lines(path)):
-        head = read_head(raw)
-        if head is not None:
-            last[hash(head.job_id)] = 2 * lineno + (head.status in statuses)
-    return {packed >> 1 for packed in last.values() if packed & 1}
-
-
-def numbered_final_records(
-    path: Path,
-    *,
-    statuses: Collection[str] = (JobStatus.SUCCEEDED,),
-    lines: Collection[int] | None = None,
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) of each job's last record whose status is in
-    `statuses`, in ledger order of those last records.
-
-    Two passes instead of `latest_records`: `final_lines` (or the `lines` it
-    gave earlier), then parsing just those lines. Lines appended in between are
-    not read, so the result is one consistent snapshot.
-    """
-    wanted = final_lines(path, statuses) if lines is None else lines
-    for lineno, record in records_at(path, wanted):
-        # a ledger rewritten between the passes may have another line there
-        if record["status"] in statuses:
-            yield lineno, record
 
 
 # -- images -------------------------------------------------------------------
@@ -307,11 +250,26 @@ def _run_samples(
 ) -> Iterator[Sample]:
     """Every sample of a run directory on disk, in ledger order; files that are not
     on disk are counted in `scan` instead. `lines` from `final_lines`, if known."""
-    for _, record in numbered_final_records(ledger_path, lines=lines):
+    records = (r for _, r in numbered_final_records(ledger_path, lines=lines))
+    for _, sample in _samples(run_dir, records, scan, on_disk):
+        yield sample
+
+
+def _samples(
+    run_dir: Path,
+    records: Iterable[Mapping[str, Any]],
+    scan: _Scan,
+    on_disk: Callable[[str], bool] | None = None,
+) -> Iterator[tuple[tuple[int, int], Sample]]:
+    """(key, sample) of each image on disk of these succeeded records, the key
+    being (the record's position, the image's index): the same for the same
+    record stream read twice. Files not on disk are counted in `scan`."""
+    for position, record in enumerate(records):
         present, missing = image_facts(run_dir, record, on_disk)
         scan.missing_count += len(missing)
         scan.missing.extend(missing[: max(0, 5 - len(scan.missing))])
-        yield from samples_of(record, present)
+        for sample in samples_of(record, present):
+            yield (position, sample.image.index), sample
 
 
 def _warn_missing(run_dir: Path, scan: _Scan) -> None:
@@ -454,21 +412,55 @@ def write_metadata(
     "DIR/metadata.jsonl"})`; `data_dir=DIR` also works unless an image name
     starts with train/test/validation/..., which `datasets` takes as split names.
     `present` says which files exist when they are not on this disk (a bucket).
+
+    Finding each job's last record holds a map of every job id (as 64-bit
+    hashes); a run keeps its metadata log instead and calls `compact_metadata`.
     """
     ledger = RunDir(run_dir, ledger=ledger_path).ledger
-    # Pass 1 learns the columns and picks the rows to write first; pass 2 writes.
-    # Rereading the ledger beats holding a million rows; images are only stat'ed.
     lines = final_lines(ledger)
+
+    def records() -> Iterator[dict[str, Any]]:
+        return (r for _, r in numbered_final_records(ledger, lines=lines))
+
+    return _write_rows(run_dir, records, present)
+
+
+def compact_metadata(
+    run_dir: Path,
+    ledger_path: Path | None = None,
+    *,
+    present: Callable[[str], bool] | None = None,
+) -> int:
+    """`write_metadata` from the run's metadata log (`outputs.metadata_log`),
+    caught up with the ledger first: the same file, with memory that does not
+    grow with the number of jobs (the log is streamed twice, and only the
+    jobs redone by --rerun-changed are held)."""
+    paths = RunDir(run_dir, ledger=ledger_path)
+    metadata_log.sync(paths.metadata_log, paths.ledger)
+    return _write_rows(
+        run_dir, lambda: metadata_log.records(paths.metadata_log), present
+    )
+
+
+def _write_rows(
+    run_dir: Path,
+    records: Callable[[], Iterable[Mapping[str, Any]]],
+    present: Callable[[str], bool] | None,
+) -> int:
+    """Write metadata.jsonl from the succeeded records `records()` gives (the
+    same ones each call). Pass 1 learns the columns and picks the rows to write
+    first; pass 2 writes. Reading twice beats holding a million rows; images
+    are only stat'ed."""
     schema = MetadataSchema()
-    firsts: dict[tuple[str, int], Sample] = {}
-    for sample in _run_samples(run_dir, ledger, _Scan(), lines, present):
+    firsts: dict[tuple[int, int], Sample] = {}
+    for key, sample in _samples(run_dir, records(), _Scan(), present):
         if schema.observe(sample):
-            firsts[(sample.job_id, sample.image.index)] = sample
+            firsts[key] = sample
     scan = _Scan()
     rest = (
-        s
-        for s in _run_samples(run_dir, ledger, scan, lines, present)
-        if (s.job_id, s.image.index) not in firsts
+        sample
+        for key, sample in _samples(run_dir, records(), scan, present)
+        if key not in firsts
     )
     rows = 0
     with atomic_write(RunDir(run_dir).metadata) as fh:

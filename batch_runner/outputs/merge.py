@@ -54,11 +54,10 @@ from batch_runner.outputs.dataset import (
     ImageFacts,
     facts_from_file,
     image_facts,
-    numbered_final_records,
     record_files,
-    records_at,
     write_metadata,
 )
+from batch_runner.store.final_records import numbered_final_records, records_at
 from batch_runner.store.ledger import encode_record, ledger_lines, loads, parse_record
 from batch_runner.store.rundir import (
     LEDGER_NAME,

@@ -13,8 +13,8 @@ from batch_runner.engine.sharding import Shard, as_shard
 from batch_runner.errors import LedgerError, StoreNotFoundError, UsageError
 from batch_runner.manifest.items import Jobs, job_source
 from batch_runner.models import JobStatus
-from batch_runner.outputs.dataset import numbered_final_records
 from batch_runner.outputs.report import RunStatus, run_status
+from batch_runner.store.final_records import numbered_final_records
 from batch_runner.store.rundir import RunDir
 
 if TYPE_CHECKING:

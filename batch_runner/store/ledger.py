@@ -36,6 +36,9 @@ log = logging.getLogger("batch_runner.store.ledger")
 
 #: called with each record once it is written (see LedgerWriter)
 OnRecord = Callable[[dict[str, Any]], object]
+#: called, in ledger order, with each record as appended, its line, and the
+#: ledger's size once the line is written (see LedgerWriter `after_write`)
+AfterWrite = Callable[[Mapping[str, Any], bytes, int], None]
 
 
 _DECODER = msgspec.json.Decoder()
@@ -368,6 +371,12 @@ class LedgerWriter:
 
     `secrets` are redacted, as whole tokens, from the free-text message of each
     record; the job's own fields (prompt, meta, ...) are written as given.
+
+    `after_write`, if given, is called synchronously after each line is
+    flushed, in ledger order, with the record, the line and the ledger's size
+    after it: the package's own followers of the ledger (the metadata log) see
+    every line at its byte offset without reading the file back. It must not
+    raise.
     """
 
     def __init__(
@@ -378,8 +387,10 @@ class LedgerWriter:
         secrets: Sequence[str] = (),
         on_record: OnRecord | None = None,
         immediate: bool = False,
+        after_write: AfterWrite | None = None,
     ) -> None:
         self.path = path
+        self._after_write = after_write
         self._fsync = fsync
         # a caller's on_record runs on the writer task, as it always has: user
         # code (a library callback may even signal the process) must not run
@@ -387,10 +398,12 @@ class LedgerWriter:
         self._immediate = immediate and not fsync and on_record is None
         self._on_record = on_record
         self._redact = Redactor(secrets)
-        self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[None]] | None] = (
-            asyncio.Queue()
-        )
+        self._queue: asyncio.Queue[
+            tuple[Mapping[str, Any], bytes, asyncio.Future[None]] | None
+        ] = asyncio.Queue()
         self._fh: BinaryIO | None = None
+        #: the file's size: where the next line lands
+        self._end = 0
         self._task: asyncio.Task[None] | None = None
         self.records_written = 0
         self._broken = False
@@ -413,6 +426,7 @@ class LedgerWriter:
                     if check.read(1) != b"\n":
                         fh.write(b"\n")
                         fh.flush()
+            self._end = fh.tell()
         except OSError as exc:
             raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
         self._fh = fh
@@ -429,10 +443,10 @@ class LedgerWriter:
             record = redact_outcome(record, self._redact)
         line = encode_record(record)
         if self._immediate and self._queue.empty():
-            self._write_now(line)
+            self._write_now(record, line)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((line, fut))
+        self._queue.put_nowait((record, line, fut))
         await asyncio.shield(fut)
 
     async def _drain(self) -> None:
@@ -446,28 +460,38 @@ class LedgerWriter:
             entries = [b for b in batch if b is not None]
             if entries:
                 try:
-                    fh.write(b"".join(line for line, _ in entries))
+                    fh.write(b"".join(line for _, line, _ in entries))
                     fh.flush()
                     if self._fsync:
                         await asyncio.to_thread(os.fsync, fh.fileno())
                 except OSError as exc:
                     err = LedgerError(f"cannot append to ledger {self.path}: {exc}")
                     self._broken = True
-                    for _, fut in entries:
+                    for _, _, fut in entries:
                         if not fut.done():
                             fut.set_exception(err)
                     raise err from exc
                 self.records_written += len(entries)
-                for _, fut in entries:
+                self._written(entries)
+                for _, _, fut in entries:
                     if not fut.done():
                         fut.set_result(None)
                 if self._on_record is not None:
-                    for line, _ in entries:
+                    for _, line, _ in entries:
                         self._notify(self._on_record, line)
             if len(entries) != len(batch):
                 return
 
-    def _write_now(self, line: bytes) -> None:
+    def _written(
+        self, entries: list[tuple[Mapping[str, Any], bytes, asyncio.Future[None]]]
+    ) -> None:
+        """Move the end past a written group, telling `after_write` line by line."""
+        for record, line, _ in entries:
+            self._end += len(line)
+            if self._after_write is not None:
+                self._after_write(record, line, self._end)
+
+    def _write_now(self, record: Mapping[str, Any], line: bytes) -> None:
         """Write and flush one line in the caller, with no await: nothing queued
         is ahead of it, and no other write can start before it is done."""
         assert self._fh is not None
@@ -481,6 +505,9 @@ class LedgerWriter:
             self._queue.put_nowait(None)
             raise err from exc
         self.records_written += 1
+        self._end += len(line)
+        if self._after_write is not None:
+            self._after_write(record, line, self._end)
         if self._on_record is not None:
             self._notify(self._on_record, line)
 

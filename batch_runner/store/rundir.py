@@ -19,6 +19,9 @@ from batch_runner.store.lock import LOCK_NAME, FileLock, RunLock
 LEDGER_NAME = "ledger.jsonl"
 ATTEMPTS_NAME = "attempts.jsonl"
 METADATA_NAME = "metadata.jsonl"
+#: each succeeded ledger line, copied as written: what metadata.jsonl is
+#: compacted from (outputs.metadata_log)
+METADATA_LOG_NAME = ".metadata-log.jsonl"
 IMAGES_NAME = "images"
 GALLERY_NAME = "index.html"
 #: under images/: downloads waiting to be re-encoded (no job id contains "/",
@@ -66,6 +69,11 @@ class RunDir:
     def metadata(self) -> Path:
         """The Hugging Face ImageFolder index, rebuilt from the ledger."""
         return self.root / METADATA_NAME
+
+    @property
+    def metadata_log(self) -> Path:
+        """The succeeded ledger lines metadata.jsonl is compacted from."""
+        return self.root / METADATA_LOG_NAME
 
     @property
     def images(self) -> Path:
