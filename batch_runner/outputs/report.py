@@ -16,18 +16,25 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import IO, Any
 
+from batch_runner.manifest.keys import DERIVED_LIMIT, job_key, key_id
 from batch_runner.manifest.params import JobParams
-from batch_runner.manifest.reader import ManifestSource, validate_manifest
+from batch_runner.manifest.reader import (
+    KeyedJobSink,
+    ManifestSource,
+    validate_manifest,
+)
 from batch_runner.outputs.audit import suspected_duplicate_submits
 from batch_runner.store.ledger import (
+    RecordHead,
     head_is_generated,
+    iter_heads,
     iter_records,
     ledger_lines,
     loads,
-    read_head,
     recorded_params,
 )
 from batch_runner.store.params import ParamsIndex
@@ -110,13 +117,14 @@ class RunStatus:
 
 @dataclass(slots=True)
 class _Scan:
-    """What one pass over the ledger keeps: a state code per job and little else."""
+    """What one pass over the ledger keeps: a state code per job (by job key,
+    `manifest.keys`) and little else."""
 
-    states: dict[str, str] = field(default_factory=dict)
+    states: dict[int, str] = field(default_factory=dict)
     #: failed job -> (stage, message) of its last record
-    failures: dict[str, tuple[str, str]] = field(default_factory=dict)
-    #: succeeded job -> how many files its last record names
-    files_of: dict[str, int] = field(default_factory=dict)
+    failures: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: succeeded job -> how many files its last record names, where not one
+    files_of: dict[int, int] = field(default_factory=dict)
     #: the audit fields of every record with `attempts`, when wanted
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     #: what each job was last run with, when a manifest is to be compared
@@ -126,46 +134,34 @@ class _Scan:
 def _scan(path: Path, status: RunStatus, *, audit: bool, params: bool) -> _Scan:
     scan = _Scan(params=ParamsIndex() if params else None)
     states, failures, files_of = scan.states, scan.failures, scan.files_of
+    note = scan.params.note_key if scan.params is not None else None
     first_ts = last_ts = None
-    for raw in ledger_lines(path):
-        head = read_head(raw)
+    records = unreadable = 0
+    for head in iter_heads(path):
         if head is None:
-            if raw.strip():
-                status.unreadable_lines += 1
+            unreadable += 1
             continue
         job_id = head.job_id
+        key = job_key(job_id)
         code = _STATE_CODES[head.status]
-        status.records += 1
-        if scan.params is not None:
-            # re-inserted, as the params index does, so both hold one id string
-            states.pop(job_id, None)
-            scan.params.note(
-                job_id, head.prompt, head.resolution, head.seed, head.prompt_extend
-            )
-        states[job_id] = code
+        records += 1
+        if note is not None:
+            note(key, head.prompt, head.resolution, head.seed, head.prompt_extend)
+        states[key] = code
         ts = head.ts
-        if isinstance(ts, str):
+        if type(ts) is str:
             if first_ts is None or ts < first_ts:
                 first_ts = ts
             if last_ts is None or ts > last_ts:
                 last_ts = ts
         if code == "F":
-            failures[job_id] = (str(head.stage or ""), str(head.msg or ""))
-        else:
-            failures.pop(job_id, None)
+            failures[key] = (str(head.stage or ""), str(head.msg or ""))
+        elif failures:
+            failures.pop(key, None)
         if code == "S":
-            files = head.files
-            files_of[job_id] = (
-                sum(1 for f in files if isinstance(f, str))
-                if isinstance(files, list)
-                else 0
-            )
-            # an old --no-download "succeeded" left its images to fetch
-            if not files_of[job_id] and head_is_generated(head):
-                states[job_id] = "G"
-                files_of.pop(job_id, None)
-        else:
-            files_of.pop(job_id, None)
+            _note_files(scan, key, head)
+        elif files_of:
+            files_of.pop(key, None)
         if audit and head.attempts is not None:
             scan.outcomes.append(
                 {
@@ -175,9 +171,78 @@ def _scan(path: Path, status: RunStatus, *, audit: bool, params: bool) -> _Scan:
                     "uncertain": head.uncertain,
                 }
             )
+    status.records, status.unreadable_lines = records, unreadable
     status.first_ts, status.last_ts = first_ts, last_ts
-    status.images_expected = sum(files_of.values())
+    status.images_expected = sum(
+        files_of.get(key, 1) for key, code in states.items() if code == "S"
+    )
     return scan
+
+
+def _note_files(scan: _Scan, key: int, head: RecordHead) -> None:
+    """A succeeded record: how many images it names (where not one)."""
+    files = head.files
+    count = (
+        sum(1 for f in files if isinstance(f, str)) if isinstance(files, list) else 0
+    )
+    # an old --no-download "succeeded" left its images to fetch
+    if not count and head_is_generated(head):
+        scan.states[key] = "G"
+        scan.files_of.pop(key, None)
+    elif count != 1:
+        scan.files_of[key] = count
+    elif scan.files_of:
+        scan.files_of.pop(key, None)
+
+
+class _ManifestCount(KeyedJobSink):
+    """Counts the manifest's jobs by the state the ledger leaves them in,
+    taking each out of `states`: fed by `validate_manifest`."""
+
+    def __init__(
+        self,
+        states: dict[int, str],
+        params: ParamsIndex,
+        keep: Callable[[str], bool] | None,
+    ) -> None:
+        self.states = states
+        self.params = params
+        self.keep = keep
+        self.counts: Counter[str] = Counter()
+        self.jobs = self.pending = self.changed = 0
+        #: jobs whose ledger parameters were not kept: job id -> manifest key
+        self.unsettled: dict[str, int] = {}
+
+    def on_job_keys(self, keys: list[int], /) -> None:
+        if self.keep is not None:
+            super().on_job_keys(keys)
+            return
+        # a block of derived ids, counted in C
+        self.jobs += len(keys)
+        found = Counter(map(self.states.pop, keys, repeat(None)))
+        self.pending += found.pop(None, 0)
+        self.counts.update(found)  # type: ignore[arg-type]
+
+    def on_job_key(
+        self, key: int, job_id: str | None, params: JobParams | None, /
+    ) -> None:
+        if self.keep is not None and not self.keep(key_id(key, job_id)):
+            return
+        self.jobs += 1
+        code = self.states.pop(key, None)
+        if code is None:
+            self.pending += 1
+            return
+        self.counts[code] += 1
+        if params is None or job_id is None:
+            return
+        manifest_key = params.key()
+        recorded = self.params.recorded_key(key)
+        if recorded is not None:
+            self.changed += recorded != manifest_key
+        elif 0 <= key < DERIVED_LIMIT and not params.derives(job_id):
+            # an explicit id that merely looks derived: ask the ledger
+            self.unsettled[job_id] = manifest_key
 
 
 def _count_manifest(
@@ -191,39 +256,22 @@ def _count_manifest(
     parameters changed since; `scan.states` is left holding only the ledger's
     other jobs."""
     states = scan.states
-    params = scan.params if scan.params is not None else ParamsIndex()
-    counts: Counter[str] = Counter()
-    tally = {"jobs": 0, "pending": 0, "changed": 0}
-    #: jobs whose ledger parameters were not kept: job id -> manifest key
-    unsettled: dict[str, int] = {}
-
-    def count(job_id: str, job: JobParams | None) -> None:
-        if keep is None or keep(job_id):
-            tally["jobs"] += 1
-            code = states.pop(job_id, None)
-            if code is None:
-                tally["pending"] += 1
-                return
-            counts[code] += 1
-            if job is not None:
-                key = job.key()
-                changed = params.compare(job_id, key)
-                if changed is None and not job.derives(job_id):
-                    unsettled[job_id] = key
-                elif changed:
-                    tally["changed"] += 1
-
-    validate_manifest(manifest, on_job_params=count)
-    if unsettled:
-        recorded = recorded_params(ledger, unsettled)
-        tally["changed"] += sum(
+    count = _ManifestCount(
+        states, scan.params if scan.params is not None else ParamsIndex(), keep
+    )
+    validate_manifest(manifest, on_job_key=count)
+    changed = count.changed
+    if count.unsettled:
+        recorded = recorded_params(ledger, count.unsettled)
+        changed += sum(
             1
-            for job_id, key in unsettled.items()
+            for job_id, key in count.unsettled.items()
             if recorded[job_id] not in (None, key)
         )
-    status.changed = tally["changed"]
-    status.total = tally["jobs"]
-    status.pending = tally["pending"]
+    counts = count.counts
+    status.changed = changed
+    status.total = count.jobs
+    status.pending = count.pending
     status.succeeded, status.failed = counts["S"], counts["F"]
     status.submitted, status.generated = counts["s"], counts["G"]
     others = Counter(states.values())
