@@ -329,30 +329,34 @@ class _IdSet:
         self._folded: set[int] = set()
 
     def add(self, key: int, explicit_id: str | None) -> _Seen:
-        """Note a job's key; `explicit_id` is its id if explicit, else None."""
+        """Note a job's key; `explicit_id` is its id if explicit, else None.
+        A clash is only what the keys say (see `_raise_clash`): the job is
+        noted all the same, so a collision cannot hide a later clash."""
+        seen = _Seen.NEW
         if key in self._explicit:
-            return _Seen.CLASH
-        if key in self._derived:
-            return _Seen.SAME_JOB if explicit_id is None else _Seen.CLASH
+            seen = _Seen.CLASH
+        elif key in self._derived:
+            seen = _Seen.SAME_JOB if explicit_id is None else _Seen.CLASH
+        folded_key = None
         if explicit_id is not None:
             folded = explicit_id.lower()
             if folded != explicit_id:
                 folded_key = job_key(folded)
-                if (
+                if seen is _Seen.NEW and (
                     folded_key in self._folded
                     or folded_key in self._explicit
                     or folded_key in self._derived
                 ):
-                    return _Seen.CASE_CLASH
+                    seen = _Seen.CASE_CLASH
+            elif seen is _Seen.NEW and key in self._folded:
+                seen = _Seen.CASE_CLASH
+        elif seen is _Seen.NEW and key in self._folded:
+            seen = _Seen.CASE_CLASH
+        if seen is not _Seen.SAME_JOB:
+            (self._explicit if explicit_id is not None else self._derived).add(key)
+            if folded_key is not None:
                 self._folded.add(folded_key)
-            elif key in self._folded:
-                return _Seen.CASE_CLASH
-            self._explicit.add(key)
-        else:
-            if key in self._folded:
-                return _Seen.CASE_CLASH
-            self._derived.add(key)
-        return _Seen.NEW
+        return seen
 
     def add_derived(self, keys: list[int]) -> bool:
         """`add` of derived ids' keys all at once, if they are all new and
@@ -400,29 +404,28 @@ def _earlier(
 def _raise_clash(
     source: _Source, job_id: str, line: int, seen: _Seen, position: int
 ) -> None:
-    """Raise the error for a clash of ids the keys found at the `position`-th
-    job; return if the file shows none (the keys collided: a new job)."""
-    if seen is _Seen.CASE_CLASH:
-        other = _earlier(source, job_id, position, any_case=True)
-        if other is not None and other[0] != job_id:
-            raise ManifestError(
-                f"job id {job_id!r} differs from {other[0]!r} on line {other[1]} "
-                "only in letter case; their image files would be one file on "
-                "case-insensitive file systems (macOS, Windows)",
-                path=_name(source),
-                line=line,
-                field="id",
-            )
+    """Raise the error for the clash of ids the keys found (`seen`) at the
+    `position`-th job, naming the earlier job; return if the file shows none
+    (the keys collided: a new job)."""
     first = _earlier(source, job_id, position, any_case=False)
-    if first is None:
-        return
-    raise ManifestError(
-        f"duplicate job id {job_id!r}: it is already used by the job on line "
-        f"{first[1]}",
-        path=_name(source),
-        line=line,
-        field="id",
-    )
+    if first is not None:
+        raise ManifestError(
+            f"duplicate job id {job_id!r}: it is already used by the job on line "
+            f"{first[1]}",
+            path=_name(source),
+            line=line,
+            field="id",
+        )
+    other = _earlier(source, job_id, position, any_case=True)
+    if other is not None:
+        raise ManifestError(
+            f"job id {job_id!r} differs from {other[0]!r} on line {other[1]} "
+            "only in letter case; their image files would be one file on "
+            "case-insensitive file systems (macOS, Windows)",
+            path=_name(source),
+            line=line,
+            field="id",
+        )
 
 
 def _duplicate_warnings(
