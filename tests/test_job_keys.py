@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import string
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def _file_lines(blob: bytes) -> list[bytes]:
 
 
 def _same_state(a: ResumeState, b: ResumeState) -> None:
-    assert a.jobs.codes == b.jobs.codes
+    assert dict(a.jobs.items()) == dict(b.jobs.items())
     assert dict(a.submitted) == dict(b.submitted)
     assert dict(a.failed) == dict(b.failed)
     assert dict(a.generated) == dict(b.generated)
@@ -333,3 +334,34 @@ def test_repeat_copies_keep_exact_keys(tiny_hash: None, tmp_path: Path) -> None:
     assert [job_id for job_id, _ in expand_repeat(base, None, 3)] == [
         key_id(job_key(f"{base}-{k}"), None) for k in range(3)
     ]
+
+
+_small_keys = st.integers(0, DERIVED_LIMIT - 1)
+_any_keys = st.one_of(_small_keys, st.integers(DERIVED_LIMIT, WIDE_TAG * 2))
+
+
+@given(
+    st.dictionaries(_any_keys, st.integers(1, 4), max_size=40),
+    st.sets(_any_keys, max_size=40),
+)
+def test_frozen_codes_answer_like_the_dict(
+    codes: dict[int, int], keys_: set[int]
+) -> None:
+    """Packed into a sorted array, the codes answer every question as before."""
+    from batch_runner.store.jobmap import JobCodes
+
+    jobs = JobCodes()
+    for key, code in codes.items():
+        jobs.set(key, code)
+    jobs.freeze()
+    probe = keys_ | set(codes)
+    assert all(jobs.get(k) == codes.get(k) for k in probe)
+    assert dict(jobs.items()) == codes and len(jobs) == len(codes)
+    assert jobs.by_code() == Counter(codes.values())
+    small_in = {k: c for k, c in codes.items() if k < DERIVED_LIMIT and k in keys_}
+    assert jobs.count_in(keys_) == Counter(small_in.values())
+    for code in range(1, 5):
+        assert jobs.count(code) == list(codes.values()).count(code)
+        assert set(jobs.keys_in(keys_, code)) == {
+            k for k, c in small_in.items() if c == code
+        }

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from batch_runner.manifest.keys import DERIVED_LIMIT, job_key, key_id
@@ -147,6 +147,8 @@ class PlanCounter(KeyedJobSink):
         self._keep = keep
         self._download = download
         self._rerun_changed = rerun_changed
+        #: derived ids told but not counted yet: `on_done` counts them
+        self._deferred = 0
         # what a job in each state comes to, where that takes no more than
         # its code (a failed job may need its stage)
         self._by_code: dict[int | None, Action] = {
@@ -164,24 +166,34 @@ class PlanCounter(KeyedJobSink):
     def on_job_keys(self, keys: list[int], /) -> None:
         if self._keep is not None:
             super().on_job_keys(keys)
+        else:
+            self._deferred += len(keys)
+
+    def on_done(self, derived: AbstractSet[int], /) -> None:
+        # every derived id at once: which the ledger has, and in what state
+        if not self._deferred:
             return
-        # a block of derived ids: their states, counted in C
-        found = Counter(map(self._state.jobs.codes.get, keys))
-        by_code = self._by_code
+        jobs = self._state.jobs
         counts = self.counts.counts
+        found = jobs.count_in(derived)
         for code, n in found.items():
-            action = by_code.get(code)
+            action = self._by_code.get(code)
             if action is not None:
                 counts[action] += n
-                continue
-            for key in keys:
-                if self._state.jobs.codes.get(key) == code:
+            else:
+                for key in jobs.keys_in(derived, code):
                     self._count(key)
+        counts[Action.SUBMIT] += self._deferred - sum(found.values())
+        self._deferred = 0
 
     def on_job_key(
         self, key: int, job_id: str | None, params: JobParams | None, /
     ) -> None:
-        if self._keep is not None and not self._keep(key_id(key, job_id)):
+        if self._keep is not None:
+            if not self._keep(key_id(key, job_id)):
+                return
+        elif job_id is None and 0 <= key < DERIVED_LIMIT:
+            self._deferred += 1
             return
         if params is not None:
             state = self._state

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,11 @@ class KeyedJobSink:
         for key in keys:
             self.on_job_key(key, None, None)
 
+    def on_done(self, derived: AbstractSet[int], /) -> None:
+        """After the last job: the keys of every job with a derived id told
+        (`on_job_keys`, or `on_job_key` with no id), so a sink may count
+        those all at once instead of one by one."""
+
 
 #: one job of the manifest before deduplication: (line, key, explicit id or
 #: None, its parameters if explicit, the matrix it came from)
@@ -143,6 +149,8 @@ def validate_manifest(
         else:
             line, key, job_id, params, matrix = item
             check.job(line, key, job_id, params, matrix)
+    if on_job_key is not None:
+        on_job_key.on_done(check.ids.derived)
     return check.summary()
 
 
@@ -357,6 +365,11 @@ class _IdSet:
             if folded_key is not None:
                 self._folded.add(folded_key)
         return seen
+
+    @property
+    def derived(self) -> AbstractSet[int]:
+        """The keys of the distinct derived ids noted."""
+        return self._derived
 
     def add_derived(self, keys: list[int]) -> bool:
         """`add` of derived ids' keys all at once, if they are all new and

@@ -15,8 +15,9 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
-from itertools import repeat
+from operator import countOf
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +29,13 @@ from batch_runner.manifest.reader import (
     validate_manifest,
 )
 from batch_runner.outputs.audit import suspected_duplicate_submits
+from batch_runner.store.jobmap import (
+    FAILED,
+    GENERATED,
+    SUBMITTED,
+    SUCCEEDED,
+    JobCodes,
+)
 from batch_runner.store.ledger import (
     RecordHead,
     head_is_generated,
@@ -40,8 +48,18 @@ from batch_runner.store.ledger import (
 from batch_runner.store.params import ParamsIndex
 from batch_runner.store.rundir import RunDir
 
-_STATE_CODES = {"submitted": "s", "succeeded": "S", "failed": "F", "generated": "G"}
-_NAMES = {"S": "succeeded", "G": "generated", "F": "failed", "s": "submitted"}
+_STATE_CODES = {
+    "submitted": SUBMITTED,
+    "succeeded": SUCCEEDED,
+    "failed": FAILED,
+    "generated": GENERATED,
+}
+_NAMES = {
+    SUCCEEDED: "succeeded",
+    GENERATED: "generated",
+    FAILED: "failed",
+    SUBMITTED: "submitted",
+}
 
 # What varies between messages of one cause: URLs, UUIDs, hex ids (with at least
 # one digit and one letter, so words like "deadbeef" stay), then any number.
@@ -118,9 +136,9 @@ class RunStatus:
 @dataclass(slots=True)
 class _Scan:
     """What one pass over the ledger keeps: a state code per job (by job key,
-    `manifest.keys`) and little else."""
+    `manifest.keys`, packed once read: `JobCodes.freeze`) and little else."""
 
-    states: dict[int, str] = field(default_factory=dict)
+    states: JobCodes = field(default_factory=JobCodes)
     #: failed job -> (stage, message) of its last record
     failures: dict[int, tuple[str, str]] = field(default_factory=dict)
     #: succeeded job -> how many files its last record names, where not one
@@ -133,7 +151,7 @@ class _Scan:
 
 def _scan(path: Path, status: RunStatus, *, audit: bool, params: bool) -> _Scan:
     scan = _Scan(params=ParamsIndex() if params else None)
-    states, failures, files_of = scan.states, scan.failures, scan.files_of
+    states, failures, files_of = scan.states.codes, scan.failures, scan.files_of
     note = scan.params.note_key if scan.params is not None else None
     first_ts = last_ts = None
     records = unreadable = 0
@@ -154,11 +172,11 @@ def _scan(path: Path, status: RunStatus, *, audit: bool, params: bool) -> _Scan:
                 first_ts = ts
             if last_ts is None or ts > last_ts:
                 last_ts = ts
-        if code == "F":
+        if code == FAILED:
             failures[key] = (str(head.stage or ""), str(head.msg or ""))
         elif failures:
             failures.pop(key, None)
-        if code == "S":
+        if code == SUCCEEDED:
             _note_files(scan, key, head)
         elif files_of:
             files_of.pop(key, None)
@@ -173,21 +191,22 @@ def _scan(path: Path, status: RunStatus, *, audit: bool, params: bool) -> _Scan:
             )
     status.records, status.unreadable_lines = records, unreadable
     status.first_ts, status.last_ts = first_ts, last_ts
-    status.images_expected = sum(
-        files_of.get(key, 1) for key, code in states.items() if code == "S"
+    status.images_expected = countOf(states.values(), SUCCEEDED) + sum(
+        n - 1 for key, n in files_of.items() if states.get(key) == SUCCEEDED
     )
+    scan.states.freeze()
     return scan
 
 
 def _note_files(scan: _Scan, key: int, head: RecordHead) -> None:
     """A succeeded record: how many images it names (where not one)."""
     files = head.files
-    count = (
-        sum(1 for f in files if isinstance(f, str)) if isinstance(files, list) else 0
-    )
+    count = 0
+    if isinstance(files, list):
+        count = sum(1 for f in files if isinstance(f, str))
     # an old --no-download "succeeded" left its images to fetch
     if not count and head_is_generated(head):
-        scan.states[key] = "G"
+        scan.states.codes[key] = GENERATED
         scan.files_of.pop(key, None)
     elif count != 1:
         scan.files_of[key] = count
@@ -196,43 +215,60 @@ def _note_files(scan: _Scan, key: int, head: RecordHead) -> None:
 
 
 class _ManifestCount(KeyedJobSink):
-    """Counts the manifest's jobs by the state the ledger leaves them in,
-    taking each out of `states`: fed by `validate_manifest`."""
+    """Counts the manifest's jobs by the state the ledger leaves them in:
+    fed by `validate_manifest`. Jobs with derived ids are counted at the end
+    all at once (`on_done`); the others one by one, noted in `counted`."""
 
     def __init__(
         self,
-        states: dict[int, str],
+        states: JobCodes,
         params: ParamsIndex,
         keep: Callable[[str], bool] | None,
     ) -> None:
         self.states = states
         self.params = params
         self.keep = keep
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[int] = Counter()
         self.jobs = self.pending = self.changed = 0
+        #: jobs counted one by one that the ledger has
+        self.counted: set[int] = set()
+        #: the derived ids' keys, once `on_done` has counted them
+        self.derived: AbstractSet[int] = frozenset()
+        self._deferred = 0
         #: jobs whose ledger parameters were not kept: job id -> manifest key
         self.unsettled: dict[str, int] = {}
 
     def on_job_keys(self, keys: list[int], /) -> None:
         if self.keep is not None:
             super().on_job_keys(keys)
+        else:
+            self.jobs += len(keys)
+            self._deferred += len(keys)
+
+    def on_done(self, derived: AbstractSet[int], /) -> None:
+        if not self._deferred:
             return
-        # a block of derived ids, counted in C
-        self.jobs += len(keys)
-        found = Counter(map(self.states.pop, keys, repeat(None)))
-        self.pending += found.pop(None, 0)
-        self.counts.update(found)  # type: ignore[arg-type]
+        found = self.states.count_in(derived)
+        self.counts.update(found)
+        self.pending += self._deferred - sum(found.values())
+        self.derived = derived
 
     def on_job_key(
         self, key: int, job_id: str | None, params: JobParams | None, /
     ) -> None:
-        if self.keep is not None and not self.keep(key_id(key, job_id)):
+        if self.keep is not None:
+            if not self.keep(key_id(key, job_id)):
+                return
+        elif job_id is None and 0 <= key < DERIVED_LIMIT:
+            self.jobs += 1
+            self._deferred += 1
             return
         self.jobs += 1
-        code = self.states.pop(key, None)
+        code = self.states.get(key)
         if code is None:
             self.pending += 1
             return
+        self.counted.add(key)
         self.counts[code] += 1
         if params is None or job_id is None:
             return
@@ -244,6 +280,10 @@ class _ManifestCount(KeyedJobSink):
             # an explicit id that merely looks derived: ask the ledger
             self.unsettled[job_id] = manifest_key
 
+    def counts_in_manifest(self, key: int) -> bool:
+        """Whether the ledger's job with this key was counted."""
+        return key in self.counted or (0 <= key < DERIVED_LIMIT and key in self.derived)
+
 
 def _count_manifest(
     status: RunStatus,
@@ -251,13 +291,11 @@ def _count_manifest(
     manifest: ManifestSource,
     keep: Callable[[str], bool] | None,
     ledger: Path,
-) -> None:
+) -> _ManifestCount:
     """Count the manifest's jobs by their ledger state, and those whose
-    parameters changed since; `scan.states` is left holding only the ledger's
-    other jobs."""
-    states = scan.states
+    parameters changed since, and the ledger's other jobs apart."""
     count = _ManifestCount(
-        states, scan.params if scan.params is not None else ParamsIndex(), keep
+        scan.states, scan.params if scan.params is not None else ParamsIndex(), keep
     )
     validate_manifest(manifest, on_job_key=count)
     changed = count.changed
@@ -272,11 +310,13 @@ def _count_manifest(
     status.changed = changed
     status.total = count.jobs
     status.pending = count.pending
-    status.succeeded, status.failed = counts["S"], counts["F"]
-    status.submitted, status.generated = counts["s"], counts["G"]
-    others = Counter(states.values())
-    status.other_jobs = len(states)
+    status.succeeded, status.failed = counts[SUCCEEDED], counts[FAILED]
+    status.submitted, status.generated = counts[SUBMITTED], counts[GENERATED]
+    others = scan.states.by_code()
+    others.subtract(counts)
+    status.other_jobs = sum(others.values())
     status.other = {name: others[code] for code, name in _NAMES.items()}
+    return count
 
 
 def run_status(
@@ -295,13 +335,13 @@ def run_status(
     scan = _scan(ledger, status, audit=audit, params=manifest is not None)
     failures: Iterable[tuple[str, str]] = scan.failures.values()
     if manifest is not None:
-        _count_manifest(status, scan, manifest, keep, ledger)
+        count = _count_manifest(status, scan, manifest, keep, ledger)
         # failure reasons of the counted jobs only, so they add up to `failed`
-        failures = (v for j, v in scan.failures.items() if j not in scan.states)
+        failures = (v for j, v in scan.failures.items() if count.counts_in_manifest(j))
     else:
-        counts = Counter(scan.states.values())
-        status.succeeded, status.failed = counts["S"], counts["F"]
-        status.submitted, status.generated = counts["s"], counts["G"]
+        counts = scan.states.by_code()
+        status.succeeded, status.failed = counts[SUCCEEDED], counts[FAILED]
+        status.submitted, status.generated = counts[SUBMITTED], counts[GENERATED]
         status.total = len(scan.states)
     status.failure_reasons = _group_reasons(failures)
     if run is not None:

@@ -409,6 +409,7 @@ def replay_file(stream: BinaryIO, *, name: str = "ledger") -> ResumeState:
             offset = start + sum(map(len, lines[:n]))
             _warn_unreadable(state, name, offset, lines[n], exc)
             _fold_lines(state, lines[n + 1 :], offset + len(lines[n]), name)
+    state.jobs.freeze()
     return state
 
 
