@@ -37,9 +37,10 @@ from batch_runner.store.jobmap import (
     JobCodes,
 )
 from batch_runner.store.ledger import (
+    HEX_DIGITS,
     RecordHead,
     head_is_generated,
-    iter_heads,
+    iter_head_blocks,
     iter_records,
     ledger_lines,
     loads,
@@ -152,43 +153,42 @@ class _Scan:
 def _scan(path: Path, status: RunStatus, *, audit: bool, params: bool) -> _Scan:
     scan = _Scan(params=ParamsIndex() if params else None)
     states, failures, files_of = scan.states.codes, scan.failures, scan.files_of
-    note = scan.params.note_key if scan.params is not None else None
     first_ts = last_ts = None
     records = unreadable = 0
-    for head in iter_heads(path):
-        if head is None:
-            unreadable += 1
-            continue
-        job_id = head.job_id
-        key = job_key(job_id)
-        code = _STATE_CODES[head.status]
-        records += 1
-        if note is not None:
-            note(key, head.prompt, head.resolution, head.seed, head.prompt_extend)
-        states[key] = code
-        ts = head.ts
-        if type(ts) is str:
-            if first_ts is None or ts < first_ts:
-                first_ts = ts
-            if last_ts is None or ts > last_ts:
-                last_ts = ts
-        if code == FAILED:
-            failures[key] = (str(head.stage or ""), str(head.msg or ""))
-        elif failures:
-            failures.pop(key, None)
-        if code == SUCCEEDED:
-            _note_files(scan, key, head)
-        elif files_of:
-            files_of.pop(key, None)
-        if audit and head.attempts is not None:
-            scan.outcomes.append(
-                {
-                    "job_id": job_id,
-                    "run": head.run,
-                    "attempts": head.attempts,
-                    "uncertain": head.uncertain,
-                }
-            )
+    for heads in iter_head_blocks(path):
+        times = [h.ts for h in heads if h is not None and type(h.ts) is str]
+        if times:
+            low, high = min(times), max(times)
+            if first_ts is None or low < first_ts:
+                first_ts = low
+            if last_ts is None or high > last_ts:
+                last_ts = high
+        for head in heads:
+            if head is None:
+                unreadable += 1
+                continue
+            records += 1
+            job_id = head.job_id
+            # the common record (a derived id's "submitted", or "succeeded"
+            # with its one image) in few steps; parameters of derived ids are
+            # not kept (ParamsIndex)
+            if not audit and len(job_id) == 16 and not job_id.strip(HEX_DIGITS):
+                code = _STATE_CODES[head.status]
+                files = head.files
+                if code == SUBMITTED or (
+                    code == SUCCEEDED
+                    and type(files) is list
+                    and len(files) == 1
+                    and type(files[0]) is str
+                ):
+                    key = int(job_id, 16)
+                    states[key] = code
+                    if failures:
+                        failures.pop(key, None)
+                    if files_of:
+                        files_of.pop(key, None)
+                    continue
+            _note_head(scan, head, audit)
     status.records, status.unreadable_lines = records, unreadable
     status.first_ts, status.last_ts = first_ts, last_ts
     status.images_expected = countOf(states.values(), SUCCEEDED) + sum(
@@ -196,6 +196,35 @@ def _scan(path: Path, status: RunStatus, *, audit: bool, params: bool) -> _Scan:
     )
     scan.states.freeze()
     return scan
+
+
+def _note_head(scan: _Scan, head: RecordHead, audit: bool) -> None:
+    """Fold one record of any kind into the scan."""
+    job_id = head.job_id
+    key = job_key(job_id)
+    code = _STATE_CODES[head.status]
+    if scan.params is not None:
+        scan.params.note_key(
+            key, head.prompt, head.resolution, head.seed, head.prompt_extend
+        )
+    scan.states.codes[key] = code
+    if code == FAILED:
+        scan.failures[key] = (str(head.stage or ""), str(head.msg or ""))
+    elif scan.failures:
+        scan.failures.pop(key, None)
+    if code == SUCCEEDED:
+        _note_files(scan, key, head)
+    elif scan.files_of:
+        scan.files_of.pop(key, None)
+    if audit and head.attempts is not None:
+        scan.outcomes.append(
+            {
+                "job_id": job_id,
+                "run": head.run,
+                "attempts": head.attempts,
+                "uncertain": head.uncertain,
+            }
+        )
 
 
 def _note_files(scan: _Scan, key: int, head: RecordHead) -> None:

@@ -99,13 +99,25 @@ class JobCodes:
     def freeze(self) -> None:
         """Pack the keys below 2**64 away from the dict (see the class doc)."""
         codes = self.codes
-        small = sorted(key for key in codes if key < DERIVED_LIMIT)
+        if not codes or self._small:
+            return
+        # the usual ledger has derived ids only: then all of it, in C
+        wide = min(codes) < 0 or max(codes) >= DERIVED_LIMIT
+        small = (
+            sorted(key for key in codes if 0 <= key < DERIVED_LIMIT)
+            if wide
+            else sorted(codes)
+        )
         if not small:
             return
         self._small = array("Q", small)
         self._small_codes = bytes(map(codes.__getitem__, small))
         del small
-        self.codes = {k: c for k, c in codes.items() if k >= DERIVED_LIMIT}
+        self.codes = (
+            {k: c for k, c in codes.items() if not 0 <= k < DERIVED_LIMIT}
+            if wide
+            else {}
+        )
 
     def items(self) -> Iterator[tuple[int, int]]:
         """Every (key, code)."""

@@ -464,7 +464,7 @@ def _fold_heads(
 
 
 #: the digits of a derived id
-_HEX = "0123456789abcdef"
+HEX_DIGITS = _HEX = "0123456789abcdef"
 
 
 def _lines(block: bytes) -> list[bytes]:
@@ -539,6 +539,12 @@ def read_ledger(path: Path) -> ResumeState:
 def iter_heads(path: Path) -> Iterator[RecordHead | None]:
     """The head of each non-blank line of a ledger (`read_head`), None for a
     line that is not a record; a missing file has none."""
+    for heads in iter_head_blocks(path):
+        yield from heads
+
+
+def iter_head_blocks(path: Path) -> Iterator[list[RecordHead | None]]:
+    """`iter_heads` a block of lines at a time."""
     try:
         fh = path.open("rb")
     except FileNotFoundError:
@@ -549,17 +555,16 @@ def iter_heads(path: Path) -> Iterator[RecordHead | None]:
         for _, block in _blocks(fh):
             heads = _decode_block(block)
             if heads is None:
-                for raw in _lines(block):
-                    if raw.strip():
-                        yield read_head(raw)
-                continue
-            for head in heads:
-                job_id = head.job_id
-                yield (
+                yield [read_head(raw) for raw in _lines(block) if raw.strip()]
+            else:
+                yield [
                     head
-                    if isinstance(job_id, str) and job_id and head.status in _CODES
+                    if isinstance(head.job_id, str)
+                    and head.job_id
+                    and head.status in _CODES
                     else None
-                )
+                    for head in heads
+                ]
 
 
 class LedgerWriter:
