@@ -365,3 +365,16 @@ def test_frozen_codes_answer_like_the_dict(
         assert set(jobs.keys_in(keys_, code)) == {
             k for k, c in small_in.items() if c == code
         }
+
+
+def test_mmap_threshold_is_fixed_on_glibc() -> None:
+    """On Linux with glibc the threshold is set (twice is harmless); elsewhere
+    nothing changes."""
+    import platform
+    import sys
+
+    from batch_runner.cli.heap import keep_mmap_threshold
+
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_mmap_threshold() is expected
+    assert keep_mmap_threshold() is expected
