@@ -83,11 +83,6 @@ def _copy_key(job_id: str) -> int | None:
     return DERIVED_LIMIT + (int(base, 16) << _COPY_BITS | k)
 
 
-def digest_key(digest: bytes) -> int:
-    """The key of the derived id made from this sha256 digest (its first 8 bytes)."""
-    return int.from_bytes(digest[:8], "big")
-
-
 def key_id(key: int, job_id: str | None) -> str:
     """The id of a job known by `key`: `job_id` if given; None stands for the
     derived id (with or without `-k`) whose key is `key`."""

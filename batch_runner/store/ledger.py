@@ -536,15 +536,10 @@ def read_ledger(path: Path) -> ResumeState:
         raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
 
 
-def iter_heads(path: Path) -> Iterator[RecordHead | None]:
-    """The head of each non-blank line of a ledger (`read_head`), None for a
-    line that is not a record; a missing file has none."""
-    for heads in iter_head_blocks(path):
-        yield from heads
-
-
 def iter_head_blocks(path: Path) -> Iterator[list[RecordHead | None]]:
-    """`iter_heads` a block of lines at a time."""
+    """The head of each non-blank line of a ledger (`read_head`), None for a
+    line that is not a record, a block of lines at a time; a missing file has
+    none."""
     try:
         fh = path.open("rb")
     except FileNotFoundError:
