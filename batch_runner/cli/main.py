@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from batch_runner import __version__
 from batch_runner.cli import options as t
+from batch_runner.cli.heap import keep_mmap_threshold
 from batch_runner.cli.logs import setup_logging
 from batch_runner.cli.run_command import run_command
 from batch_runner.engine.progress import TqdmLoggingHandler
@@ -505,6 +506,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
+    keep_mmap_threshold()  # a large ledger's tables go back to the OS when freed
     shard = _shard(ns)
     keep = shard.keeps if shard is not None else None
     if isinstance(ns.out, RemoteUrl):

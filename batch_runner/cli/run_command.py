@@ -12,6 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from batch_runner.cli.heap import keep_mmap_threshold
 from batch_runner.engine.result import Plan
 from batch_runner.engine.run import plan, run_batch_sync
 from batch_runner.engine.sharding import Shard
@@ -35,6 +36,7 @@ def run_command(
     is a folder, or an object-store URL (str) worked on in `ns.state_dir`."""
     try:
         if ns.dry_run:
+            keep_mmap_threshold()  # a large plan's tables go back to the OS
             # what the run would refuse, the dry run refuses too
             image_options(
                 ns.image_format, ns.quality, ns.max_side, download=ns.download

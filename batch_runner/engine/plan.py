@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
+from batch_runner.manifest.keys import DERIVED_LIMIT, job_key, key_id
 from batch_runner.manifest.params import JobParams
+from batch_runner.manifest.reader import KeyedJobSink
 from batch_runner.models import JobSpec
+from batch_runner.store.jobmap import FAILED, GENERATED, SUBMITTED, SUCCEEDED
 from batch_runner.store.ledger import ResumeState
-from batch_runner.store.params import looks_derived
 
 
 class Action(enum.StrEnum):
@@ -66,15 +69,27 @@ def decide_id(
     """`decide` for a bare job id (all the ledger knows a job by), parameters
     aside. With `download=False` a generated job is as done as that run can
     make it."""
-    if job_id in state.succeeded:
+    return decide_key(
+        job_key(job_id), state, retry_failed=retry_failed, download=download
+    )
+
+
+def decide_key(
+    key: int, state: ResumeState, *, retry_failed: bool, download: bool = True
+) -> tuple[Action, str | None]:
+    """`decide_id` for a job known by its key (`manifest.keys`)."""
+    code = state.jobs.get(key)
+    if code is None:
+        return Action.SUBMIT, None
+    if code == SUCCEEDED:
         return Action.DONE, None
-    taskid = state.submitted.get(job_id)
-    if taskid is not None:
-        return Action.POLL, taskid
-    generated = state.generated.get(job_id)
-    if generated is not None:
-        return (Action.FETCH if download else Action.DONE), generated.taskid
-    failed = state.failed.get(job_id)
+    if code == SUBMITTED:
+        return Action.POLL, state.submitted.get_key(key)
+    if code == GENERATED:
+        generated = state.generated.get_key(key)
+        taskid = generated.taskid if generated is not None else None
+        return (Action.FETCH if download else Action.DONE), taskid
+    failed = state.failed.get_key(key)
     if failed is not None:
         if not retry_failed:
             return Action.SKIP_FAILED, None
@@ -108,11 +123,12 @@ class PlanCounts:
         return sum(self.counts.values())
 
 
-class PlanCounter:
+class PlanCounter(KeyedJobSink):
     """Counts jobs into `counts`, one at a time: pass it to
     `validate_manifest(on_job_params=...)` so changed jobs are found in the
-    same pass. Jobs whose ledger parameters are not in memory (see
-    `ParamsIndex.compare`) wait in `unsettled` for `settle`."""
+    same pass (it is fed job keys there, see `KeyedJobSink`). Jobs whose
+    ledger parameters are not in memory (see `ParamsIndex.compare`) wait in
+    `unsettled` for `settle`."""
 
     def __init__(
         self,
@@ -131,33 +147,72 @@ class PlanCounter:
         self._keep = keep
         self._download = download
         self._rerun_changed = rerun_changed
+        #: derived ids told but not counted yet: `on_done` counts them
+        self._deferred = 0
+        # what a job in each state comes to, where that takes no more than
+        # its code (a failed job may need its stage)
+        self._by_code: dict[int | None, Action] = {
+            None: Action.SUBMIT,
+            SUCCEEDED: Action.DONE,
+            SUBMITTED: Action.POLL,
+            GENERATED: Action.FETCH if download else Action.DONE,
+        }
+        if not retry_failed:
+            self._by_code[FAILED] = Action.SKIP_FAILED
 
     def __call__(self, job_id: str, params: JobParams | None = None, /) -> None:
-        if self._keep is not None and not self._keep(job_id):
+        self.on_job_key(job_key(job_id), job_id if params is not None else None, params)
+
+    def on_job_keys(self, keys: list[int], /) -> None:
+        if self._keep is not None:
+            super().on_job_keys(keys)
+        else:
+            self._deferred += len(keys)
+
+    def on_done(self, derived: AbstractSet[int], /) -> None:
+        # every derived id at once: which the ledger has, and in what state
+        if not self._deferred:
+            return
+        jobs = self._state.jobs
+        counts = self.counts.counts
+        found = jobs.count_in(derived)
+        for code, n in found.items():
+            action = self._by_code.get(code)
+            if action is not None:
+                counts[action] += n
+            else:
+                for key in jobs.keys_in(derived, code):
+                    self._count(key)
+        counts[Action.SUBMIT] += self._deferred - sum(found.values())
+        self._deferred = 0
+
+    def on_job_key(
+        self, key: int, job_id: str | None, params: JobParams | None, /
+    ) -> None:
+        if self._keep is not None:
+            if not self._keep(key_id(key, job_id)):
+                return
+        elif job_id is None and 0 <= key < DERIVED_LIMIT:
+            self._deferred += 1
             return
         if params is not None:
             state = self._state
             # a key is kept only for jobs the ledger has records of
-            recorded = state.params.recorded(job_id)
+            recorded = state.params.recorded_key(key)
             if recorded is not None:
                 if recorded != params.key():
-                    self._count_changed(job_id, params)
+                    self._count_changed(key_id(key, job_id), params)
                     return
             elif (
-                looks_derived(job_id)
-                and state.status_of(job_id) is not None
+                0 <= key < DERIVED_LIMIT
+                and state.jobs.get(key) is not None
+                and job_id is not None
                 and not params.derives(job_id)
             ):
                 # an explicit id that merely looks derived: ask the ledger
                 self.unsettled[job_id] = (params.key(), params)
                 return
-        action, _ = decide_id(
-            job_id,
-            self._state,
-            retry_failed=self._retry_failed,
-            download=self._download,
-        )
-        self.counts.counts[action] += 1
+        self._count(key)
 
     def settle(self, recorded: Mapping[str, int | None]) -> None:
         """Count the unsettled jobs, given the keys of the parameters the ledger
@@ -168,12 +223,12 @@ class PlanCounter:
             if last is not None and last != key:
                 self._count_changed(job_id, params)
             else:
-                self._count_unchanged(job_id)
+                self._count(job_key(job_id))
         self.unsettled.clear()
 
-    def _count_unchanged(self, job_id: str) -> None:
-        action, _ = decide_id(
-            job_id,
+    def _count(self, key: int) -> None:
+        action, _ = decide_key(
+            key,
             self._state,
             retry_failed=self._retry_failed,
             download=self._download,

@@ -12,7 +12,9 @@ from typing import Any
 
 from batch_runner.errors import ManifestError
 from batch_runner.manifest.identity import (
+    MAX_JOB_ID_LENGTH,
     MAX_SEED,
+    expand_repeat,
     normalize_resolution,
     validate_job_id,
 )
@@ -301,3 +303,25 @@ def _row_from(
         job_meta = checked.get("meta")
         row.meta = {**default_meta, **(job_meta if isinstance(job_meta, dict) else {})}
     return row
+
+
+def repeat_copies(
+    row: _Row, repeat: int, base_id: str, where: str
+) -> list[tuple[str, int]]:
+    """`(id, seed)` of each copy of a row with `repeat`, or the ManifestError
+    naming the row."""
+    last_id = f"{base_id}-{repeat - 1}"
+    if len(last_id) > MAX_JOB_ID_LENGTH:
+        raise ManifestError(
+            f"with repeat {repeat} the job id grows to {len(last_id)} "
+            f"characters ({last_id!r}); at most {MAX_JOB_ID_LENGTH} are allowed",
+            path=where,
+            line=row.line,
+            field="id",
+        )
+    try:
+        return expand_repeat(base_id, row.seed, repeat)
+    except ValueError as err:
+        raise ManifestError(
+            str(err), path=where, line=row.line, field="repeat"
+        ) from None

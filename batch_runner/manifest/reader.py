@@ -8,14 +8,14 @@ jobs; it picks the reader by suffix (or takes jobs given as Python values, see
 from __future__ import annotations
 
 import enum
-import hashlib
 import os
-import sys
 from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 from batch_runner.errors import ManifestError
+from batch_runner.manifest.csv_keys import KeyBlock, csv_keyed_rows
 from batch_runner.manifest.csv_rows import CSV_COLUMNS, META_PREFIX, _csv_rows
 from batch_runner.manifest.fields import (
     DEFAULT_KEYS,
@@ -27,14 +27,12 @@ from batch_runner.manifest.fields import (
     _check_id,
     _check_prompt,
     _Row,
+    repeat_copies,
 )
-from batch_runner.manifest.identity import (
-    MAX_JOB_ID_LENGTH,
-    derive_job_id,
-    expand_repeat,
-)
+from batch_runner.manifest.identity import derive_job_id
 from batch_runner.manifest.items import JobItems
 from batch_runner.manifest.jsonl_rows import _jsonl_rows
+from batch_runner.manifest.keys import job_key, key_id
 from batch_runner.manifest.matrix import MAX_MATRIX_JOBS, Matrix
 from batch_runner.manifest.params import JobParams
 from batch_runner.manifest.yaml_rows import _yaml_rows
@@ -53,6 +51,7 @@ __all__ = [
     "META_PREFIX",
     "JobItems",
     "JobParams",
+    "KeyedJobSink",
     "ManifestSource",
     "ManifestSummary",
     "iter_jobs",
@@ -91,11 +90,40 @@ class ManifestSummary:
     matrix_jobs: int = 0
 
 
+class KeyedJobSink:
+    """What `validate_manifest` feeds each distinct job by its key
+    (`manifest.keys`) rather than its id string: planners of millions of jobs.
+    Passed as `on_job_params`, a sink is fed this way too."""
+
+    def on_job_key(
+        self, key: int, job_id: str | None, params: JobParams | None, /
+    ) -> None:
+        """One distinct job: `job_id` is its explicit id, None for a derived
+        one (`keys.key_id` spells it); `params` are given for explicit ids."""
+        raise NotImplementedError
+
+    def on_job_keys(self, keys: list[int], /) -> None:
+        """Consecutive distinct jobs with derived ids (none met before)."""
+        for key in keys:
+            self.on_job_key(key, None, None)
+
+    def on_done(self, derived: AbstractSet[int], /) -> None:
+        """After the last job: the keys of every job with a derived id told
+        (`on_job_keys`, or `on_job_key` with no id), so a sink may count
+        those all at once instead of one by one."""
+
+
+#: one job of the manifest before deduplication: (line, key, explicit id or
+#: None, its parameters if explicit, the matrix it came from)
+_KeyedJob = tuple[int, int, str | None, JobParams | None, Matrix | None]
+
+
 def validate_manifest(
     path: ManifestSource,
     on_job: Callable[[str], None] | None = None,
     *,
-    on_job_params: Callable[[str, JobParams | None], None] | None = None,
+    on_job_params: Callable[[str, JobParams | None], None] | KeyedJobSink | None = None,
+    on_job_key: KeyedJobSink | None = None,
 ) -> ManifestSummary:
     """Read and check every row of the manifest; raise the first ManifestError.
 
@@ -103,59 +131,122 @@ def validate_manifest(
     can plan in the same pass instead of reading a large manifest again.
     `on_job_params` likewise, with the job's parameters too, to compare them
     with a ledger's; None for a job whose id is derived from them, which
-    therefore cannot have other parameters under the same id.
+    therefore cannot have other parameters under the same id. `on_job_key`
+    (or a `KeyedJobSink` given as `on_job_params`) gets each job's key instead
+    of its id, which spares a million-row manifest a million id strings.
     """
+    if on_job_key is None and isinstance(on_job_params, KeyedJobSink):
+        on_job_key, on_job_params = on_job_params, None
+    by_id = on_job_params if not isinstance(on_job_params, KeyedJobSink) else None
     source = _source(path)
-    where = _name(source)
-    ids = _IdSet()
-    jobs = skipped = duplicate_rows = 0
-    duplicates: list[tuple[int, str]] = []
-    repeated: set[str] = set()
-    last_duplicate_line = 0
-    matrix_rows = matrix_jobs = 0
-    last_matrix: Matrix | None = None
-    for row, job_id, seed, explicit in _expanded(source):
-        seen = ids.add(job_id, explicit)
-        if row.source_matrix is not None and row.source_matrix is not last_matrix:
-            last_matrix = row.source_matrix
-            matrix_rows += 1
-        if seen is _Seen.NEW:
-            jobs += 1
-            if row.source_matrix is not None:
-                matrix_jobs += 1
-            if on_job is not None:
-                on_job(job_id)
-            if on_job_params is not None:
-                on_job_params(
-                    job_id,
-                    JobParams(
-                        row.prompt, row.resolution, seed, row.prompt_extend, row.line
-                    )
-                    if explicit
-                    else None,
-                )
-        elif seen is _Seen.SAME_JOB:
-            skipped += 1
-            repeated.add(job_id)
-            # One warning per manifest row, not per copy of a repeated job.
-            if row.line != last_duplicate_line:
-                last_duplicate_line = row.line
-                duplicate_rows += 1
-                if len(duplicates) < MAX_DUPLICATE_WARNINGS:
-                    duplicates.append((row.line, job_id))
+    check = _Validation(source, on_job, by_id, on_job_key)
+    for item in _keyed(source):
+        if isinstance(item, KeyBlock):
+            if check.fresh_block(item.keys):
+                continue
+            for line, key in enumerate(item.keys, start=item.first_line):
+                check.job(line, key, None, None, None)
         else:
-            _raise_clash(source, job_id, row.line, seen)
-    if jobs == 0:
-        raise ManifestError("manifest has no jobs", path=where)
-    return ManifestSummary(
-        path=where,
-        jobs=jobs,
-        duplicates_skipped=skipped,
-        warnings=_duplicate_warnings(source, duplicates, duplicate_rows),
-        repeated=frozenset(repeated),
-        matrix_rows=matrix_rows,
-        matrix_jobs=matrix_jobs,
-    )
+            line, key, job_id, params, matrix = item
+            check.job(line, key, job_id, params, matrix)
+    if on_job_key is not None:
+        on_job_key.on_done(check.ids.derived)
+    return check.summary()
+
+
+class _Validation:
+    """One pass of `validate_manifest`: duplicates found, jobs told."""
+
+    def __init__(
+        self,
+        source: _Source,
+        on_job: Callable[[str], None] | None,
+        by_id: Callable[[str, JobParams | None], None] | None,
+        sink: KeyedJobSink | None,
+    ) -> None:
+        self.source = source
+        self.on_job = on_job
+        self.by_id = by_id
+        self.sink = sink
+        self.ids = _IdSet()
+        self.jobs = self.skipped = self.duplicate_rows = self.position = 0
+        self.duplicates: list[tuple[int, str]] = []
+        self.repeated: set[str] = set()
+        self.last_duplicate_line = 0
+        self.matrix_rows = self.matrix_jobs = 0
+        self.last_matrix: Matrix | None = None
+
+    def fresh_block(self, keys: list[int]) -> bool:
+        """Take a block of derived ids if none was met before (the common
+        case, a block at a time); False leaves it to `job`, one by one."""
+        if not self.ids.add_derived(keys):
+            return False
+        self.position += len(keys)
+        self.jobs += len(keys)
+        if self.sink is not None:
+            self.sink.on_job_keys(keys)
+        if self.on_job is not None or self.by_id is not None:
+            for key in keys:
+                self._tell(key_id(key, None), None)
+        return True
+
+    def job(
+        self,
+        line: int,
+        key: int,
+        job_id: str | None,
+        params: JobParams | None,
+        matrix: Matrix | None,
+    ) -> None:
+        self.position += 1
+        seen = self.ids.add(key, job_id)
+        if matrix is not None and matrix is not self.last_matrix:
+            self.last_matrix = matrix
+            self.matrix_rows += 1
+        if seen is not _Seen.NEW and seen is not _Seen.SAME_JOB:
+            # a clash of keys is a clash of ids unless the keys collided
+            _raise_clash(self.source, key_id(key, job_id), line, seen, self.position)
+            seen = _Seen.NEW
+        if seen is _Seen.NEW:
+            self.jobs += 1
+            if matrix is not None:
+                self.matrix_jobs += 1
+            if self.sink is not None:
+                self.sink.on_job_key(key, job_id, params)
+            if self.on_job is not None or self.by_id is not None:
+                self._tell(key_id(key, job_id), params)
+            return
+        self.skipped += 1
+        the_id = key_id(key, job_id)
+        self.repeated.add(the_id)
+        # One warning per manifest row, not per copy of a repeated job.
+        if line != self.last_duplicate_line:
+            self.last_duplicate_line = line
+            self.duplicate_rows += 1
+            if len(self.duplicates) < MAX_DUPLICATE_WARNINGS:
+                self.duplicates.append((line, the_id))
+
+    def _tell(self, job_id: str, params: JobParams | None) -> None:
+        if self.on_job is not None:
+            self.on_job(job_id)
+        if self.by_id is not None:
+            self.by_id(job_id, params)
+
+    def summary(self) -> ManifestSummary:
+        where = _name(self.source)
+        if self.jobs == 0:
+            raise ManifestError("manifest has no jobs", path=where)
+        return ManifestSummary(
+            path=where,
+            jobs=self.jobs,
+            duplicates_skipped=self.skipped,
+            warnings=_duplicate_warnings(
+                self.source, self.duplicates, self.duplicate_rows
+            ),
+            repeated=frozenset(self.repeated),
+            matrix_rows=self.matrix_rows,
+            matrix_jobs=self.matrix_jobs,
+        )
 
 
 def iter_jobs(
@@ -174,9 +265,14 @@ def iter_jobs(
     only = frozenset(repeated or ())
     emitted: set[str] = set()
     empty = True
-    for row, job_id, seed, explicit in _expanded(source):
+    for position, (row, job_id, seed, explicit) in enumerate(
+        _expanded(source), start=1
+    ):
         if ids is not None:
-            seen = ids.add(job_id, explicit)
+            seen = ids.add(job_key(job_id), job_id if explicit else None)
+            if seen is not _Seen.NEW and seen is not _Seen.SAME_JOB:
+                _raise_clash(source, job_id, row.line, seen, position)
+                seen = _Seen.NEW
         elif job_id in only:
             seen = _Seen.SAME_JOB if job_id in emitted else _Seen.NEW
             emitted.add(job_id)
@@ -193,8 +289,6 @@ def iter_jobs(
                 meta=_own_meta(row),
                 source=f"{where}:{row.line}",
             )
-        elif seen is not _Seen.SAME_JOB:
-            _raise_clash(source, job_id, row.line, seen)
     if empty:
         raise ManifestError("manifest has no jobs", path=where)
 
@@ -222,16 +316,14 @@ class _Seen(enum.Enum):
 
 
 class _IdSet:
-    """The ids seen so far, as 64-bit digests rather than strings.
+    """The ids seen so far, as their keys (`manifest.keys`) rather than strings.
 
-    Half the memory of the strings: about 70 MB for a million ids. The digest is
-    the built-in (keyed SipHash) `hash()` where it is 64 bits wide, several
-    times faster than hashlib, and 8 bytes of blake2b elsewhere; a set only
-    has to agree with itself within one pass. A false match needs a 64-bit
-    collision (about 3e-8 at a million jobs), and the error path re-reads the
-    file comparing real ids.
+    Derived ids' keys are exact, so a derived id met again is the same job.
+    An explicit id's key is 128 bits of hash: a match is a clash (an error)
+    only once `_raise_clash` has found the earlier id in the file, so even
+    colliding keys never stop a manifest nor merge two jobs.
 
-    Case: an id with capitals also leaves the digest of its lower-case form,
+    Case: an id with capitals also leaves the key of its lower-case form,
     so `Cat` after `cat` (or `CAT`) is found. Only ids with capitals pay for
     it; derived ids are lower-case hex.
     """
@@ -239,40 +331,59 @@ class _IdSet:
     __slots__ = ("_derived", "_explicit", "_folded")
 
     def __init__(self) -> None:
-        self._explicit: set[object] = set()
-        self._derived: set[object] = set()
-        #: lower-cased forms of the ids that have capitals
-        self._folded: set[object] = set()
+        self._explicit: set[int] = set()
+        self._derived: set[int] = set()
+        #: keys of the lower-cased forms of the ids that have capitals
+        self._folded: set[int] = set()
 
-    def add(self, job_id: str, explicit: bool) -> _Seen:
-        digest = _digest(job_id)
-        if digest in self._explicit:
-            return _Seen.CLASH
-        if digest in self._derived:
-            return _Seen.CLASH if explicit else _Seen.SAME_JOB
-        folded = job_id.lower() if explicit else job_id
-        if folded != job_id:
-            folded_digest = _digest(folded)
-            if (
-                folded_digest in self._folded
-                or folded_digest in self._explicit
-                or folded_digest in self._derived
-            ):
-                return _Seen.CASE_CLASH
-            self._folded.add(folded_digest)
-        elif digest in self._folded:
-            return _Seen.CASE_CLASH
-        (self._explicit if explicit else self._derived).add(digest)
-        return _Seen.NEW
+    def add(self, key: int, explicit_id: str | None) -> _Seen:
+        """Note a job's key; `explicit_id` is its id if explicit, else None.
+        A clash is only what the keys say (see `_raise_clash`): the job is
+        noted all the same, so a collision cannot hide a later clash."""
+        seen = _Seen.NEW
+        if key in self._explicit:
+            seen = _Seen.CLASH
+        elif key in self._derived:
+            seen = _Seen.SAME_JOB if explicit_id is None else _Seen.CLASH
+        folded_key = None
+        if explicit_id is not None:
+            folded = explicit_id.lower()
+            if folded != explicit_id:
+                folded_key = job_key(folded)
+                if seen is _Seen.NEW and (
+                    folded_key in self._folded
+                    or folded_key in self._explicit
+                    or folded_key in self._derived
+                ):
+                    seen = _Seen.CASE_CLASH
+            elif seen is _Seen.NEW and key in self._folded:
+                seen = _Seen.CASE_CLASH
+        elif seen is _Seen.NEW and key in self._folded:
+            seen = _Seen.CASE_CLASH
+        if seen is not _Seen.SAME_JOB:
+            (self._explicit if explicit_id is not None else self._derived).add(key)
+            if folded_key is not None:
+                self._folded.add(folded_key)
+        return seen
 
+    @property
+    def derived(self) -> AbstractSet[int]:
+        """The keys of the distinct derived ids noted."""
+        return self._derived
 
-def _blake2b_digest(job_id: str) -> object:
-    return hashlib.blake2b(job_id.encode(), digest_size=8).digest()
-
-
-_digest: Callable[[str], object] = (
-    hash if sys.hash_info.width >= 64 else _blake2b_digest
-)
+    def add_derived(self, keys: list[int]) -> bool:
+        """`add` of derived ids' keys all at once, if they are all new and
+        distinct (True); otherwise nothing is added (False)."""
+        fresh = set(keys)
+        if (
+            len(fresh) != len(keys)
+            or not self._derived.isdisjoint(fresh)
+            or (self._explicit and not self._explicit.isdisjoint(fresh))
+            or (self._folded and not self._folded.isdisjoint(fresh))
+        ):
+            return False
+        self._derived |= fresh
+        return True
 
 
 def _first_lines(source: _Source, job_ids: Iterable[str]) -> dict[str, int]:
@@ -289,39 +400,45 @@ def _first_lines(source: _Source, job_ids: Iterable[str]) -> dict[str, int]:
     return found
 
 
-def _first_case_variant(source: _Source, job_id: str) -> tuple[str, int] | None:
-    """The first id (and its line) equal to `job_id` but for case, if any."""
+def _earlier(
+    source: _Source, job_id: str, position: int, *, any_case: bool
+) -> tuple[str, int] | None:
+    """The first of the manifest's jobs before the `position`-th (1-based) whose
+    id equals `job_id` (with `any_case`: but for letter case), and its line."""
     folded = job_id.lower()
-    for row, other, _, _ in _expanded(source):
-        if other != job_id and other.lower() == folded:
+    for n, (row, other, _, _) in enumerate(_expanded(source), start=1):
+        if n >= position:
+            break
+        if other == job_id if not any_case else other.lower() == folded:
             return other, row.line
     return None
 
 
-def _raise_clash(source: _Source, job_id: str, line: int, seen: _Seen) -> NoReturn:
-    if seen is _Seen.CASE_CLASH:
-        other = _first_case_variant(source, job_id)
-        if other is not None:
-            raise ManifestError(
-                f"job id {job_id!r} differs from {other[0]!r} on line {other[1]} "
-                "only in letter case; their image files would be one file on "
-                "case-insensitive file systems (macOS, Windows)",
-                path=_name(source),
-                line=line,
-                field="id",
-            )
-    first = _first_lines(source, [job_id]).get(job_id)
-    if first is None or first == line:
-        # Only a 64-bit digest collision can get here.
-        detail = "collides with an earlier job id"
-    else:
-        detail = f"is already used by the job on line {first}"
-    raise ManifestError(
-        f"duplicate job id {job_id!r}: it {detail}",
-        path=_name(source),
-        line=line,
-        field="id",
-    )
+def _raise_clash(
+    source: _Source, job_id: str, line: int, seen: _Seen, position: int
+) -> None:
+    """Raise the error for the clash of ids the keys found (`seen`) at the
+    `position`-th job, naming the earlier job; return if the file shows none
+    (the keys collided: a new job)."""
+    first = _earlier(source, job_id, position, any_case=False)
+    if first is not None:
+        raise ManifestError(
+            f"duplicate job id {job_id!r}: it is already used by the job on line "
+            f"{first[1]}",
+            path=_name(source),
+            line=line,
+            field="id",
+        )
+    other = _earlier(source, job_id, position, any_case=True)
+    if other is not None:
+        raise ManifestError(
+            f"job id {job_id!r} differs from {other[0]!r} on line {other[1]} "
+            "only in letter case; their image files would be one file on "
+            "case-insensitive file systems (macOS, Windows)",
+            path=_name(source),
+            line=line,
+            field="id",
+        )
 
 
 def _duplicate_warnings(
@@ -345,6 +462,27 @@ def _duplicate_warnings(
 # --- rows -> jobs -------------------------------------------------------------
 
 
+def _keyed(source: _Source) -> Iterator[_KeyedJob | KeyBlock]:
+    """`_expanded` as keys: `(line, key, explicit id or None, its parameters
+    if explicit, source matrix)` per job, before deduplication. A CSV file is
+    read by `csv_keys`, which hashes derived ids straight into keys."""
+    if isinstance(source, JobItems) or os.path.splitext(source)[1].lower() not in (
+        _CSV_SUFFIXES
+    ):
+        for row, job_id, seed, explicit in _expanded(source):
+            yield (
+                row.line,
+                job_key(job_id),
+                job_id if explicit else None,
+                JobParams(row.prompt, row.resolution, seed, row.prompt_extend, row.line)
+                if explicit
+                else None,
+                row.source_matrix,
+            )
+        return
+    yield from csv_keyed_rows(source)
+
+
 def _expanded(source: _Source) -> Iterator[tuple[_Row, str, int | None, bool]]:
     """Yield `(row, job id, seed, id is explicit)` per job, before deduplication.
 
@@ -362,28 +500,8 @@ def _expanded(source: _Source) -> Iterator[tuple[_Row, str, int | None, bool]]:
         if row.repeat is None:
             yield row, base_id, row.seed, explicit
         else:
-            for job_id, seed in _repeat_copies(row, row.repeat, base_id, where):
+            for job_id, seed in repeat_copies(row, row.repeat, base_id, where):
                 yield row, job_id, seed, explicit
-
-
-def _repeat_copies(
-    row: _Row, repeat: int, base_id: str, where: str
-) -> list[tuple[str, int]]:
-    last_id = f"{base_id}-{repeat - 1}"
-    if len(last_id) > MAX_JOB_ID_LENGTH:
-        raise ManifestError(
-            f"with repeat {repeat} the job id grows to {len(last_id)} "
-            f"characters ({last_id!r}); at most {MAX_JOB_ID_LENGTH} are allowed",
-            path=where,
-            line=row.line,
-            field="id",
-        )
-    try:
-        return expand_repeat(base_id, row.seed, repeat)
-    except ValueError as err:
-        raise ManifestError(
-            str(err), path=where, line=row.line, field="repeat"
-        ) from None
 
 
 # --- formats ------------------------------------------------------------------

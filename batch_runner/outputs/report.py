@@ -15,26 +15,52 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
+from operator import countOf
 from pathlib import Path
 from typing import IO, Any
 
+from batch_runner.manifest.keys import DERIVED_LIMIT, job_key, key_id
 from batch_runner.manifest.params import JobParams
-from batch_runner.manifest.reader import ManifestSource, validate_manifest
+from batch_runner.manifest.reader import (
+    KeyedJobSink,
+    ManifestSource,
+    validate_manifest,
+)
 from batch_runner.outputs.audit import suspected_duplicate_submits
+from batch_runner.store.jobmap import (
+    FAILED,
+    GENERATED,
+    SUBMITTED,
+    SUCCEEDED,
+    JobCodes,
+)
 from batch_runner.store.ledger import (
+    HEX_DIGITS,
+    RecordHead,
     head_is_generated,
+    iter_head_blocks,
     iter_records,
     ledger_lines,
     loads,
-    read_head,
     recorded_params,
 )
 from batch_runner.store.params import ParamsIndex
 from batch_runner.store.rundir import RunDir
 
-_STATE_CODES = {"submitted": "s", "succeeded": "S", "failed": "F", "generated": "G"}
-_NAMES = {"S": "succeeded", "G": "generated", "F": "failed", "s": "submitted"}
+_STATE_CODES = {
+    "submitted": SUBMITTED,
+    "succeeded": SUCCEEDED,
+    "failed": FAILED,
+    "generated": GENERATED,
+}
+_NAMES = {
+    SUCCEEDED: "succeeded",
+    GENERATED: "generated",
+    FAILED: "failed",
+    SUBMITTED: "submitted",
+}
 
 # What varies between messages of one cause: URLs, UUIDs, hex ids (with at least
 # one digit and one letter, so words like "deadbeef" stay), then any number.
@@ -110,13 +136,14 @@ class RunStatus:
 
 @dataclass(slots=True)
 class _Scan:
-    """What one pass over the ledger keeps: a state code per job and little else."""
+    """What one pass over the ledger keeps: a state code per job (by job key,
+    `manifest.keys`, packed once read: `JobCodes.freeze`) and little else."""
 
-    states: dict[str, str] = field(default_factory=dict)
+    states: JobCodes = field(default_factory=JobCodes)
     #: failed job -> (stage, message) of its last record
-    failures: dict[str, tuple[str, str]] = field(default_factory=dict)
-    #: succeeded job -> how many files its last record names
-    files_of: dict[str, int] = field(default_factory=dict)
+    failures: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: succeeded job -> how many files its last record names, where not one
+    files_of: dict[int, int] = field(default_factory=dict)
     #: the audit fields of every record with `attempts`, when wanted
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     #: what each job was last run with, when a manifest is to be compared
@@ -125,59 +152,166 @@ class _Scan:
 
 def _scan(path: Path, status: RunStatus, *, audit: bool, params: bool) -> _Scan:
     scan = _Scan(params=ParamsIndex() if params else None)
-    states, failures, files_of = scan.states, scan.failures, scan.files_of
+    states, failures, files_of = scan.states.codes, scan.failures, scan.files_of
     first_ts = last_ts = None
-    for raw in ledger_lines(path):
-        head = read_head(raw)
-        if head is None:
-            if raw.strip():
-                status.unreadable_lines += 1
-            continue
-        job_id = head.job_id
-        code = _STATE_CODES[head.status]
-        status.records += 1
-        if scan.params is not None:
-            # re-inserted, as the params index does, so both hold one id string
-            states.pop(job_id, None)
-            scan.params.note(
-                job_id, head.prompt, head.resolution, head.seed, head.prompt_extend
-            )
-        states[job_id] = code
-        ts = head.ts
-        if isinstance(ts, str):
-            if first_ts is None or ts < first_ts:
-                first_ts = ts
-            if last_ts is None or ts > last_ts:
-                last_ts = ts
-        if code == "F":
-            failures[job_id] = (str(head.stage or ""), str(head.msg or ""))
-        else:
-            failures.pop(job_id, None)
-        if code == "S":
-            files = head.files
-            files_of[job_id] = (
-                sum(1 for f in files if isinstance(f, str))
-                if isinstance(files, list)
-                else 0
-            )
-            # an old --no-download "succeeded" left its images to fetch
-            if not files_of[job_id] and head_is_generated(head):
-                states[job_id] = "G"
-                files_of.pop(job_id, None)
-        else:
-            files_of.pop(job_id, None)
-        if audit and head.attempts is not None:
-            scan.outcomes.append(
-                {
-                    "job_id": job_id,
-                    "run": head.run,
-                    "attempts": head.attempts,
-                    "uncertain": head.uncertain,
-                }
-            )
+    records = unreadable = 0
+    for heads in iter_head_blocks(path):
+        times = [h.ts for h in heads if h is not None and type(h.ts) is str]
+        if times:
+            low, high = min(times), max(times)
+            if first_ts is None or low < first_ts:
+                first_ts = low
+            if last_ts is None or high > last_ts:
+                last_ts = high
+        for head in heads:
+            if head is None:
+                unreadable += 1
+                continue
+            records += 1
+            job_id = head.job_id
+            # the common record (a derived id's "submitted", or "succeeded"
+            # with its one image) in few steps; parameters of derived ids are
+            # not kept (ParamsIndex)
+            if not audit and len(job_id) == 16 and not job_id.strip(HEX_DIGITS):
+                code = _STATE_CODES[head.status]
+                files = head.files
+                if code == SUBMITTED or (
+                    code == SUCCEEDED
+                    and type(files) is list
+                    and len(files) == 1
+                    and type(files[0]) is str
+                ):
+                    key = int(job_id, 16)
+                    states[key] = code
+                    if failures:
+                        failures.pop(key, None)
+                    if files_of:
+                        files_of.pop(key, None)
+                    continue
+            _note_head(scan, head, audit)
+    status.records, status.unreadable_lines = records, unreadable
     status.first_ts, status.last_ts = first_ts, last_ts
-    status.images_expected = sum(files_of.values())
+    status.images_expected = countOf(states.values(), SUCCEEDED) + sum(
+        n - 1 for key, n in files_of.items() if states.get(key) == SUCCEEDED
+    )
+    scan.states.freeze()
     return scan
+
+
+def _note_head(scan: _Scan, head: RecordHead, audit: bool) -> None:
+    """Fold one record of any kind into the scan."""
+    job_id = head.job_id
+    key = job_key(job_id)
+    code = _STATE_CODES[head.status]
+    if scan.params is not None:
+        scan.params.note_key(
+            key, head.prompt, head.resolution, head.seed, head.prompt_extend
+        )
+    scan.states.codes[key] = code
+    if code == FAILED:
+        scan.failures[key] = (str(head.stage or ""), str(head.msg or ""))
+    elif scan.failures:
+        scan.failures.pop(key, None)
+    if code == SUCCEEDED:
+        _note_files(scan, key, head)
+    elif scan.files_of:
+        scan.files_of.pop(key, None)
+    if audit and head.attempts is not None:
+        scan.outcomes.append(
+            {
+                "job_id": job_id,
+                "run": head.run,
+                "attempts": head.attempts,
+                "uncertain": head.uncertain,
+            }
+        )
+
+
+def _note_files(scan: _Scan, key: int, head: RecordHead) -> None:
+    """A succeeded record: how many images it names (where not one)."""
+    files = head.files
+    count = 0
+    if isinstance(files, list):
+        count = sum(1 for f in files if isinstance(f, str))
+    # an old --no-download "succeeded" left its images to fetch
+    if not count and head_is_generated(head):
+        scan.states.codes[key] = GENERATED
+        scan.files_of.pop(key, None)
+    elif count != 1:
+        scan.files_of[key] = count
+    elif scan.files_of:
+        scan.files_of.pop(key, None)
+
+
+class _ManifestCount(KeyedJobSink):
+    """Counts the manifest's jobs by the state the ledger leaves them in:
+    fed by `validate_manifest`. Jobs with derived ids are counted at the end
+    all at once (`on_done`); the others one by one, noted in `counted`."""
+
+    def __init__(
+        self,
+        states: JobCodes,
+        params: ParamsIndex,
+        keep: Callable[[str], bool] | None,
+    ) -> None:
+        self.states = states
+        self.params = params
+        self.keep = keep
+        self.counts: Counter[int] = Counter()
+        self.jobs = self.pending = self.changed = 0
+        #: jobs counted one by one that the ledger has
+        self.counted: set[int] = set()
+        #: the derived ids' keys, once `on_done` has counted them
+        self.derived: AbstractSet[int] = frozenset()
+        self._deferred = 0
+        #: jobs whose ledger parameters were not kept: job id -> manifest key
+        self.unsettled: dict[str, int] = {}
+
+    def on_job_keys(self, keys: list[int], /) -> None:
+        if self.keep is not None:
+            super().on_job_keys(keys)
+        else:
+            self.jobs += len(keys)
+            self._deferred += len(keys)
+
+    def on_done(self, derived: AbstractSet[int], /) -> None:
+        if not self._deferred:
+            return
+        found = self.states.count_in(derived)
+        self.counts.update(found)
+        self.pending += self._deferred - sum(found.values())
+        self.derived = derived
+
+    def on_job_key(
+        self, key: int, job_id: str | None, params: JobParams | None, /
+    ) -> None:
+        if self.keep is not None:
+            if not self.keep(key_id(key, job_id)):
+                return
+        elif job_id is None and 0 <= key < DERIVED_LIMIT:
+            self.jobs += 1
+            self._deferred += 1
+            return
+        self.jobs += 1
+        code = self.states.get(key)
+        if code is None:
+            self.pending += 1
+            return
+        self.counted.add(key)
+        self.counts[code] += 1
+        if params is None or job_id is None:
+            return
+        manifest_key = params.key()
+        recorded = self.params.recorded_key(key)
+        if recorded is not None:
+            self.changed += recorded != manifest_key
+        elif 0 <= key < DERIVED_LIMIT and not params.derives(job_id):
+            # an explicit id that merely looks derived: ask the ledger
+            self.unsettled[job_id] = manifest_key
+
+    def counts_in_manifest(self, key: int) -> bool:
+        """Whether the ledger's job with this key was counted."""
+        return key in self.counted or (0 <= key < DERIVED_LIMIT and key in self.derived)
 
 
 def _count_manifest(
@@ -186,49 +320,32 @@ def _count_manifest(
     manifest: ManifestSource,
     keep: Callable[[str], bool] | None,
     ledger: Path,
-) -> None:
+) -> _ManifestCount:
     """Count the manifest's jobs by their ledger state, and those whose
-    parameters changed since; `scan.states` is left holding only the ledger's
-    other jobs."""
-    states = scan.states
-    params = scan.params if scan.params is not None else ParamsIndex()
-    counts: Counter[str] = Counter()
-    tally = {"jobs": 0, "pending": 0, "changed": 0}
-    #: jobs whose ledger parameters were not kept: job id -> manifest key
-    unsettled: dict[str, int] = {}
-
-    def count(job_id: str, job: JobParams | None) -> None:
-        if keep is None or keep(job_id):
-            tally["jobs"] += 1
-            code = states.pop(job_id, None)
-            if code is None:
-                tally["pending"] += 1
-                return
-            counts[code] += 1
-            if job is not None:
-                key = job.key()
-                changed = params.compare(job_id, key)
-                if changed is None and not job.derives(job_id):
-                    unsettled[job_id] = key
-                elif changed:
-                    tally["changed"] += 1
-
-    validate_manifest(manifest, on_job_params=count)
-    if unsettled:
-        recorded = recorded_params(ledger, unsettled)
-        tally["changed"] += sum(
+    parameters changed since, and the ledger's other jobs apart."""
+    count = _ManifestCount(
+        scan.states, scan.params if scan.params is not None else ParamsIndex(), keep
+    )
+    validate_manifest(manifest, on_job_key=count)
+    changed = count.changed
+    if count.unsettled:
+        recorded = recorded_params(ledger, count.unsettled)
+        changed += sum(
             1
-            for job_id, key in unsettled.items()
+            for job_id, key in count.unsettled.items()
             if recorded[job_id] not in (None, key)
         )
-    status.changed = tally["changed"]
-    status.total = tally["jobs"]
-    status.pending = tally["pending"]
-    status.succeeded, status.failed = counts["S"], counts["F"]
-    status.submitted, status.generated = counts["s"], counts["G"]
-    others = Counter(states.values())
-    status.other_jobs = len(states)
+    counts = count.counts
+    status.changed = changed
+    status.total = count.jobs
+    status.pending = count.pending
+    status.succeeded, status.failed = counts[SUCCEEDED], counts[FAILED]
+    status.submitted, status.generated = counts[SUBMITTED], counts[GENERATED]
+    others = scan.states.by_code()
+    others.subtract(counts)
+    status.other_jobs = sum(others.values())
     status.other = {name: others[code] for code, name in _NAMES.items()}
+    return count
 
 
 def run_status(
@@ -247,13 +364,13 @@ def run_status(
     scan = _scan(ledger, status, audit=audit, params=manifest is not None)
     failures: Iterable[tuple[str, str]] = scan.failures.values()
     if manifest is not None:
-        _count_manifest(status, scan, manifest, keep, ledger)
+        count = _count_manifest(status, scan, manifest, keep, ledger)
         # failure reasons of the counted jobs only, so they add up to `failed`
-        failures = (v for j, v in scan.failures.items() if j not in scan.states)
+        failures = (v for j, v in scan.failures.items() if count.counts_in_manifest(j))
     else:
-        counts = Counter(scan.states.values())
-        status.succeeded, status.failed = counts["S"], counts["F"]
-        status.submitted, status.generated = counts["s"], counts["G"]
+        counts = scan.states.by_code()
+        status.succeeded, status.failed = counts[SUCCEEDED], counts[FAILED]
+        status.submitted, status.generated = counts[SUBMITTED], counts[GENERATED]
         status.total = len(scan.states)
     status.failure_reasons = _group_reasons(failures)
     if run is not None:

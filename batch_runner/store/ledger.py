@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,9 +22,19 @@ from typing import Any, BinaryIO
 import msgspec
 
 from batch_runner.errors import LedgerError
+from batch_runner.manifest.keys import job_key
 from batch_runner.models import JobSpec, JobStatus
 from batch_runner.redact import Redactor
 from batch_runner.store.images import legacy_stem
+from batch_runner.store.jobmap import (
+    FAILED,
+    GENERATED,
+    SUBMITTED,
+    SUCCEEDED,
+    JobCodes,
+    KeyedMap,
+    SucceededJobs,
+)
 from batch_runner.store.params import ParamsIndex
 
 _KNOWN_STATUSES = frozenset(s.value for s in JobStatus)
@@ -55,7 +65,7 @@ def loads(raw: bytes | str) -> Any:
         return json.loads(raw)
 
 
-class RecordHead(msgspec.Struct, frozen=True):
+class RecordHead(msgspec.Struct, frozen=True, gc=False):
     """The fields of a record that replay and the reports read. The parser checks
     the whole line but builds only these; meta and the rest are skipped.
     Every field is `Any`: a hand-edited value of an odd type is the reader's call."""
@@ -229,68 +239,107 @@ def _leaves_images(status: Any, files: Any, urls: tuple[str, ...]) -> bool:
     return status == JobStatus.SUCCEEDED and files == [] and bool(urls)
 
 
-@dataclass(slots=True)
 class ResumeState:
-    """Each job's last known state, folded from the ledger in order."""
+    """Each job's last known state, folded from the ledger in order.
 
-    succeeded: set[str] = field(default_factory=set)
-    submitted: dict[str, str] = field(default_factory=dict)
-    failed: dict[str, FailedJob] = field(default_factory=dict)
-    generated: dict[str, GeneratedJob] = field(default_factory=dict)
-    records: int = 0
-    warnings: list[str] = field(default_factory=list)
-    #: image file stems an old run dir gave a job's second and later images
-    #: (`<id>-<k>`), each -> the job that owns it; see store.images.image_stem
-    legacy_stems: dict[str, str] = field(default_factory=dict)
-    #: what each job was last run with, to notice edited jobs
-    params: ParamsIndex = field(default_factory=ParamsIndex)
+    Kept by job key (`manifest.keys`), not id string: a state code per job
+    (`jobs`), and for the few jobs with more to say, dicts that answer by id
+    (`submitted`, `failed`, `generated`). `succeeded` is a read-only set of
+    ids (membership, size, equality).
+    """
+
+    __slots__ = (
+        "failed",
+        "generated",
+        "jobs",
+        "legacy_stems",
+        "params",
+        "records",
+        "submitted",
+        "succeeded",
+        "warnings",
+    )
+
+    def __init__(self) -> None:
+        self.jobs = JobCodes()
+        self.succeeded = SucceededJobs(self.jobs)
+        self.submitted: KeyedMap[str] = KeyedMap()
+        self.failed: KeyedMap[FailedJob] = KeyedMap()
+        self.generated: KeyedMap[GeneratedJob] = KeyedMap()
+        self.records = 0
+        self.warnings: list[str] = []
+        #: image file stems an old run dir gave a job's second and later
+        #: images (`<id>-<k>`), each -> the job that owns it; see
+        #: store.images.image_stem
+        self.legacy_stems: dict[str, str] = {}
+        #: what each job was last run with, to notice edited jobs
+        self.params = ParamsIndex()
 
     def apply(self, record: Mapping[str, Any]) -> None:
         """Fold one record in; later records override earlier ones."""
         self.apply_head(RecordHead(**{name: record.get(name) for name in _HEAD_FIELDS}))
 
     def apply_head(self, head: RecordHead) -> None:
-        """`apply` for a record read with `decode_head`."""
+        """`apply` for a record read with `decode_head`; raises ValueError
+        (and changes nothing) for a line that is not a record."""
         job_id = head.job_id
         status = head.status
         if not isinstance(job_id, str) or not job_id:
             raise ValueError("record has no job_id")
         taskid = head.taskid
         taskid = taskid if isinstance(taskid, str) and taskid else None
-        if status not in _KNOWN_STATUSES:
+        code = _CODES.get(status) if isinstance(status, str) else None
+        if code is None:
             raise ValueError(f"unknown status {status!r}")
-        if status == JobStatus.SUBMITTED and taskid is None:
+        if code == SUBMITTED and taskid is None:
             raise ValueError("submitted record without a taskid")
-        urls = _urls(head.url)
-        if status == JobStatus.GENERATED and not urls and taskid is None:
-            raise ValueError("generated record without URLs or a taskid")
+        files = head.files
+        if code == SUCCEEDED and type(files) is list and files:
+            urls: tuple[str, ...] = ()  # images on disk: the URLs are not needed
+        else:
+            urls = _urls(head.url)
+            if code == GENERATED and not urls and taskid is None:
+                raise ValueError("generated record without URLs or a taskid")
+            # an old --no-download "succeeded" never fetched its images: work left
+            if _leaves_images(status, files, urls):
+                code = GENERATED
         self.records += 1
-        self.params.note(
-            job_id, head.prompt, head.resolution, head.seed, head.prompt_extend
+        key = job_key(job_id)
+        self.params.note_key(
+            key, head.prompt, head.resolution, head.seed, head.prompt_extend
         )
-        self.succeeded.discard(job_id)
-        self.submitted.pop(job_id, None)
-        self.failed.pop(job_id, None)
-        self.generated.pop(job_id, None)
-        # an old --no-download "succeeded" never fetched its images: work left
-        if _leaves_images(status, head.files, urls):
-            self.generated[job_id] = GeneratedJob(taskid=taskid, urls=urls)
-        elif status == JobStatus.SUCCEEDED:
-            self.succeeded.add(job_id)
-            files = head.files
+        old = self.jobs.set(key, code)
+        if old is not None and old != SUCCEEDED:
+            self.drop_details(key, old)
+        if code == SUCCEEDED:
             # only several images per job were ever named apart from the job id
             if isinstance(files, list) and len(files) > 1:
                 self._note_legacy_names(job_id, files)
-        elif status == JobStatus.SUBMITTED:
+        elif code == SUBMITTED:
             assert taskid is not None
-            self.submitted[job_id] = taskid
+            self.submitted.put(key, job_id, taskid)
+        elif code == GENERATED:
+            self.generated.put(key, job_id, GeneratedJob(taskid=taskid, urls=urls))
         else:
             stage = head.stage
-            self.failed[job_id] = FailedJob(
-                taskid=taskid,
-                stage=stage if isinstance(stage, str) else None,
-                msg=str(head.msg or ""),
+            self.failed.put(
+                key,
+                job_id,
+                FailedJob(
+                    taskid=taskid,
+                    stage=stage if isinstance(stage, str) else None,
+                    msg=str(head.msg or ""),
+                ),
             )
+
+    def drop_details(self, key: int, code: int) -> None:
+        """Forget what a job's old state (`code`) kept beside its code."""
+        if code == SUBMITTED:
+            self.submitted.discard(key)
+        elif code == FAILED:
+            self.failed.discard(key)
+        else:
+            self.generated.discard(key)
 
     def _note_legacy_names(self, job_id: str, files: list[Any]) -> None:
         for file in files:
@@ -300,15 +349,16 @@ class ResumeState:
                     self.legacy_stems.setdefault(stem, job_id)
 
     def status_of(self, job_id: str) -> JobStatus | None:
-        if job_id in self.succeeded:
-            return JobStatus.SUCCEEDED
-        if job_id in self.submitted:
-            return JobStatus.SUBMITTED
-        if job_id in self.failed:
-            return JobStatus.FAILED
-        if job_id in self.generated:
-            return JobStatus.GENERATED
-        return None
+        return _STATUSES.get(self.jobs.get(job_key(job_id)) or 0)
+
+
+_CODES = {
+    JobStatus.SUCCEEDED.value: SUCCEEDED,
+    JobStatus.SUBMITTED.value: SUBMITTED,
+    JobStatus.FAILED.value: FAILED,
+    JobStatus.GENERATED.value: GENERATED,
+}
+_STATUSES = {code: JobStatus(status) for status, code in _CODES.items()}
 
 
 def replay(lines: Iterable[bytes], *, name: str = "ledger") -> ResumeState:
@@ -318,32 +368,201 @@ def replay(lines: Iterable[bytes], *, name: str = "ledger") -> ResumeState:
     way to lose a record is for it never to have been written whole.
     """
     state = ResumeState()
-    offset = 0
+    _fold_lines(state, lines, 0, name)
+    return state
+
+
+def _fold_lines(
+    state: ResumeState, lines: Iterable[bytes], offset: int, name: str
+) -> None:
+    """`replay` of `lines`, the first of which starts at byte `offset`."""
     for raw in lines:
         start = offset
         offset += len(raw)
-        stripped = raw.strip()
-        if not stripped:
+        if not raw.strip():
             continue
         try:
-            state.apply_head(decode_head(stripped))
+            state.apply_head(decode_head(raw))
         except (ValueError, RecursionError) as exc:
-            torn = "" if raw.endswith(b"\n") else " (torn last line)"
-            state.warnings.append(
-                f"{name}: skipped unreadable line at byte {start}{torn}: {exc}"
-            )
+            _warn_unreadable(state, name, start, raw, exc)
+
+
+def _warn_unreadable(
+    state: ResumeState, name: str, start: int, raw: bytes, exc: BaseException
+) -> None:
+    torn = "" if raw.endswith(b"\n") else " (torn last line)"
+    state.warnings.append(
+        f"{name}: skipped unreadable line at byte {start}{torn}: {exc}"
+    )
+
+
+def replay_file(stream: BinaryIO, *, name: str = "ledger") -> ResumeState:
+    """`replay` of a whole ledger file, decoded a block of lines at a time."""
+    state = ResumeState()
+    for start, block in _blocks(stream):
+        heads = _decode_block(block)
+        if heads is None:
+            _fold_lines(state, _lines(block), start, name)
+            continue
+        bad = _fold_heads(state, heads)
+        if bad is not None:
+            # a head that is no record: name its line, go on after it
+            n, exc = bad
+            lines = _lines(block)
+            offset = start + sum(map(len, lines[:n]))
+            _warn_unreadable(state, name, offset, lines[n], exc)
+            _fold_lines(state, lines[n + 1 :], offset + len(lines[n]), name)
+    state.jobs.freeze()
     return state
+
+
+def _fold_heads(
+    state: ResumeState, heads: list[RecordHead]
+) -> tuple[int, ValueError] | None:
+    """Fold decoded heads in, taking the common records (a derived id's
+    "submitted" with its taskid, or "succeeded" with its one image) without
+    `apply_head`'s general code. Stops at the first head that is not a
+    record: returns its index and why."""
+    codes = state.jobs.codes
+    submitted = state.submitted
+    apply = state.apply_head
+    plain = 0
+    for n, head in enumerate(heads):
+        job_id = head.job_id
+        status = head.status
+        if (
+            type(job_id) is str
+            and len(job_id) == 16
+            and not job_id.strip(_HEX)
+            and (status == "succeeded" or status == "submitted")
+        ):
+            if status == "succeeded":
+                files = head.files
+                if type(files) is list and len(files) == 1:
+                    key = int(job_id, 16)
+                    old = codes.get(key)
+                    codes[key] = SUCCEEDED
+                    if old is not None and old != SUCCEEDED:
+                        state.drop_details(key, old)
+                    plain += 1
+                    continue
+            else:
+                taskid = head.taskid
+                if type(taskid) is str and taskid:
+                    key = int(job_id, 16)
+                    old = codes.get(key)
+                    codes[key] = SUBMITTED
+                    if old is not None and old != SUCCEEDED:
+                        state.drop_details(key, old)
+                    submitted.put(key, job_id, taskid)
+                    plain += 1
+                    continue
+        try:
+            apply(head)
+        except ValueError as exc:
+            state.records += plain
+            return n, exc
+    state.records += plain
+    return None
+
+
+#: the digits of a derived id
+HEX_DIGITS = _HEX = "0123456789abcdef"
+
+
+def _lines(block: bytes) -> list[bytes]:
+    """The lines of `block` with their newlines, as iterating a file gives them."""
+    parts = block.split(b"\n")
+    lines = [part + b"\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+#: ledger bytes read and decoded at a time
+_BLOCK_BYTES = 1 << 16
+
+
+def _blocks(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """The stream in blocks of whole lines (the last may lack its newline),
+    each with the offset it starts at."""
+    offset = 0
+    rest = b""
+    size = _BLOCK_BYTES
+    while data := stream.read(size):
+        data = rest + data if rest else data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            rest = data
+            size *= 2  # one long line: read on in ever larger steps
+            continue
+        size = _BLOCK_BYTES
+        yield offset, data[:cut]
+        offset += cut
+        rest = data[cut:]
+    if rest:
+        yield offset, rest
+
+
+def _decode_block(block: bytes) -> list[RecordHead] | None:
+    """The heads of every line of `block` in one call, or None if the block
+    must go line by line.
+
+    msgspec reads a block as a sequence of JSON values, which would also take
+    two objects on one line, or one across two: so a block is taken whole
+    only if each line starts with "{" and ends with "}" (and so every newline
+    sits between "}" and "{", which within a JSON value cannot happen) and
+    there are as many values as lines.
+    """
+    lines = block.count(b"\n")
+    if (
+        not block.startswith(b"{")
+        or not block.endswith(b"}\n")
+        or block.count(b"}\n{") != lines - 1
+    ):
+        return None
+    try:
+        heads = _HEAD_DECODER.decode_lines(block)
+    except msgspec.DecodeError:
+        return None
+    return heads if len(heads) == lines else None
 
 
 def read_ledger(path: Path) -> ResumeState:
     """Replay the ledger file; a missing file is an empty ledger."""
     try:
         with path.open("rb") as fh:
-            return replay(fh, name=str(path))
+            return replay_file(fh, name=str(path))
     except FileNotFoundError:
         return ResumeState()
     except OSError as exc:
         raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
+
+
+def iter_head_blocks(path: Path) -> Iterator[list[RecordHead | None]]:
+    """The head of each non-blank line of a ledger (`read_head`), None for a
+    line that is not a record, a block of lines at a time; a missing file has
+    none."""
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
+    with fh:
+        for _, block in _blocks(fh):
+            heads = _decode_block(block)
+            if heads is None:
+                yield [read_head(raw) for raw in _lines(block) if raw.strip()]
+            else:
+                yield [
+                    head
+                    if isinstance(head.job_id, str)
+                    and head.job_id
+                    and head.status in _CODES
+                    else None
+                    for head in heads
+                ]
 
 
 class LedgerWriter:

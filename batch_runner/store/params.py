@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from batch_runner.manifest.keys import DERIVED_LIMIT, job_key
 from batch_runner.manifest.params import params_key
 
 #: a record whose parameters cannot be read; hash() never returns -1
@@ -26,7 +27,8 @@ def looks_derived(job_id: str) -> bool:
 
 
 class ParamsIndex:
-    """job id -> key of the parameters of its last record (see module doc).
+    """job key (`manifest.keys`) -> key of the parameters of its last record
+    (see module doc).
 
     With `derived_too`, ids that look derived are kept as well: for the few
     `compare` cannot decide.
@@ -35,7 +37,7 @@ class ParamsIndex:
     __slots__ = ("_derived_too", "_keys")
 
     def __init__(self, *, derived_too: bool = False) -> None:
-        self._keys: dict[str, int] = {}
+        self._keys: dict[int, int] = {}
         self._derived_too = derived_too
 
     def __len__(self) -> int:
@@ -52,7 +54,19 @@ class ParamsIndex:
     ) -> None:
         """Note the parameters of a job's record (later records win); values
         of the wrong type (a hand-edited line) make them unknown."""
-        if len(job_id) == 16 and not self._derived_too and looks_derived(job_id):
+        self.note_key(job_key(job_id), prompt, resolution, seed, prompt_extend)
+
+    def note_key(
+        self,
+        key: int,
+        prompt: object,
+        resolution: object,
+        seed: object,
+        prompt_extend: object,
+    ) -> None:
+        """`note` for a job known by its key."""
+        # an id of derived form has a key below DERIVED_LIMIT (and only it)
+        if 0 <= key < DERIVED_LIMIT and not self._derived_too:
             return
         # `type(...) is`: this runs for every ledger line of an explicit id
         if (
@@ -61,20 +75,18 @@ class ParamsIndex:
             and (seed is None or type(seed) is int)
             and (prompt_extend is None or type(prompt_extend) is bool)
         ):
-            key = params_key(prompt, resolution, seed, prompt_extend)
+            self._keys[key] = params_key(prompt, resolution, seed, prompt_extend)
         else:
-            key = UNKNOWN
-        # A dict keeps the first key object it saw: drop it, so the key is the
-        # same string object the resume state holds for the job's last record,
-        # not a second copy of the id (65 bytes a job).
-        keys = self._keys
-        keys.pop(job_id, None)
-        keys[job_id] = key
+            self._keys[key] = UNKNOWN
 
     def recorded(self, job_id: str) -> int | None:
         """The key last noted for a job; None if none is known."""
-        key = self._keys.get(job_id)
-        return None if key is None or key == UNKNOWN else key
+        return self.recorded_key(job_key(job_id))
+
+    def recorded_key(self, key: int) -> int | None:
+        """`recorded` for a job known by its key."""
+        params = self._keys.get(key)
+        return None if params is None or params == UNKNOWN else params
 
     def compare(self, job_id: str, key: int) -> bool | None:
         """Whether a job the ledger has records of was last run with other
