@@ -194,9 +194,10 @@ async def save_image(body: ImageBody, images_dir: Path, stem: str) -> SavedImage
             )
         final = os.path.join(where, stem + ext)
         os.replace(tmp, final)
-    finally:
+    except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
     dims = image_size(head)
     return SavedImage(
         path=Path(final),

@@ -50,6 +50,8 @@ MAX_ENVELOPE_BYTES = 1 << 20
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
+#: bodies of a declared length up to this are read whole, in one call
+_WHOLE_BODY = 1 << 20
 #: result fields that carry the server's own words, which may echo the request
 _FREE_TEXT = ("msg", "error_message")
 
@@ -241,6 +243,10 @@ class _ResponseBody:
         self._resp = resp
         self._limit = limit
         self._size = 0
+        # a body of known, small length is read in one call: most images are,
+        # and chunked reads cost a call per chunk plus one to find the end
+        length = resp.content_length
+        self._whole = length is not None and length <= _WHOLE_BODY
 
     @property
     def content_type(self) -> str | None:
@@ -250,7 +256,12 @@ class _ResponseBody:
         return self
 
     async def __anext__(self) -> bytes:
-        chunk = await _map_transport_errors(lambda: self._resp.content.read(_CHUNK))
+        if self._whole:
+            if self._size:
+                raise StopAsyncIteration
+            chunk = await _map_transport_errors(self._resp.read)
+        else:
+            chunk = await _map_transport_errors(lambda: self._resp.content.read(_CHUNK))
         if not chunk:
             raise StopAsyncIteration
         self._size += len(chunk)
@@ -272,6 +283,10 @@ def _raise_for_download_status(status: int, retry_after: str | None) -> None:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    declared = resp.content_length
+    if declared is not None and declared <= limit:
+        # HTTP/1.1 framing stops the body at its declared length
+        return await resp.read()
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(_CHUNK):
