@@ -7,6 +7,7 @@ import pytest
 
 from batch_runner.engine.readiness import (
     FIRST_POLL_FLOOR,
+    PROBE_EVERY,
     PROBE_FACTOR,
     ReadinessEstimate,
 )
@@ -19,13 +20,15 @@ def test_nothing_known_polls_at_the_interval() -> None:
     assert ReadinessEstimate().first_poll(1.5) == 1.5
 
 
-def test_slow_tasks_are_first_polled_near_their_generation_time() -> None:
-    """Tasks ready after about 5 s are first polled a little before 5 s, not at
-    the 0.5 s interval (nine wasted polls each)."""
+def test_slow_tasks_are_first_polled_at_their_generation_time() -> None:
+    """Tasks ready after about 5 s are first polled at 5 s, not at the 0.5 s
+    interval (nine wasted polls each); one in PROBE_EVERY a little before."""
     est = ReadinessEstimate()
     for i in range(100):
         est.observe(5.0 + (i % 10) * 0.01)
-    assert 0.8 * 5.0 < est.first_poll(0.5) < 5.0
+    firsts = [est.first_poll(0.5) for _ in range(10 * PROBE_EVERY)]
+    assert firsts.count(5.0) == 10 * (PROBE_EVERY - 1)
+    assert sorted(set(firsts)) == [pytest.approx(PROBE_FACTOR * 5.0), 5.0]
 
 
 def test_instant_tasks_are_polled_almost_at_once_but_never_below_the_floor() -> None:
@@ -42,7 +45,7 @@ def test_a_low_quantile_ignores_a_few_fast_outliers_but_follows_the_bulk() -> No
     est = ReadinessEstimate(window=100, refresh=1)
     for i in range(100):
         est.observe(0.1 if i % 50 == 0 else 3.0)
-    assert est.first_poll(1.0) == pytest.approx(PROBE_FACTOR * 3.0)
+    assert est.first_poll(1.0) == pytest.approx(3.0)
 
 
 def test_the_estimate_follows_tasks_that_get_faster() -> None:
@@ -55,4 +58,7 @@ def test_the_estimate_follows_tasks_that_get_faster() -> None:
         # tasks now take 1 s: a first poll at or after 1 s finds them ready
         # and is itself the observation
         est.observe(max(1.0, est.first_poll(0.5)))
-    assert est.first_poll(0.5) < 1.0
+    # down from 5 s to the new 1 s: first polls at it, probes just below
+    firsts = [est.first_poll(0.5) for _ in range(PROBE_EVERY)]
+    assert max(firsts) == pytest.approx(1.0)
+    assert min(firsts) == pytest.approx(PROBE_FACTOR * 1.0)

@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 FIRST_POLL_FLOOR = 0.002
 #: the quantile of recent ready times the first poll aims at
 READY_QUANTILE = 0.1
-#: how far below that quantile the first poll goes, so that when tasks get
-#: faster the estimate follows them down (a ready time is only ever seen at a
-#: poll, so it can never be observed earlier than the poll that found it)
+#: how far below that quantile a probe's first poll goes, so that when tasks
+#: get faster the estimate follows them down (a ready time is only ever seen at
+#: a poll, so it can never be observed earlier than the poll that found it)
 PROBE_FACTOR = 0.9
+#: one new task in this many probes; the others aim at the quantile itself, so
+#: tasks of a steady length are found ready at their first poll. More than
+#: 1 / READY_QUANTILE of the window must be probes for the quantile to move down.
+PROBE_EVERY = 5
 #: recent observations kept; the estimate is refreshed every `REFRESH` of them
 WINDOW = 256
 REFRESH = 16
@@ -41,6 +45,7 @@ class ReadinessEstimate:
     _seen: deque[float] = field(default_factory=deque)
     _since_refresh: int = 0
     _estimate: float | None = None
+    _asked: int = 0
 
     def observe(self, seconds: float) -> None:
         seen = self._seen
@@ -54,8 +59,14 @@ class ReadinessEstimate:
             self._since_refresh = 0
             ordered = sorted(seen)
             quantile = ordered[int(READY_QUANTILE * (len(ordered) - 1))]
-            self._estimate = max(FIRST_POLL_FLOOR, PROBE_FACTOR * quantile)
+            self._estimate = max(FIRST_POLL_FLOOR, quantile)
 
     def first_poll(self, default: float) -> float:
-        """Seconds from the submit's answer to the first poll."""
-        return default if self._estimate is None else self._estimate
+        """Seconds from the submit's answer to the first poll: the quantile,
+        or for one task in PROBE_EVERY, PROBE_FACTOR below it."""
+        if self._estimate is None:
+            return default
+        self._asked += 1
+        if self._asked % PROBE_EVERY == 0:
+            return max(FIRST_POLL_FLOOR, PROBE_FACTOR * self._estimate)
+        return self._estimate
