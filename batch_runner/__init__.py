@@ -11,11 +11,8 @@ is a `BatchRunnerError`. The package logs to the `batch_runner` logger only.
 """
 
 import logging
+from typing import TYPE_CHECKING, Any
 
-from batch_runner.engine.result import Plan, RunResult
-from batch_runner.engine.run import plan, run_batch, run_batch_sync
-from batch_runner.engine.runner import StopReason
-from batch_runner.engine.sharding import Shard
 from batch_runner.errors import (
     ApiError,
     AuthError,
@@ -37,9 +34,54 @@ from batch_runner.errors import (
 )
 from batch_runner.exit_codes import ExitCode
 from batch_runner.models import JobSpec, JobStatus
-from batch_runner.outputs.merge import MergeConflictError, MergeError, MergeTargetError
-from batch_runner.outputs.query import records, status
-from batch_runner.outputs.report import RunStatus
+
+if TYPE_CHECKING:
+    from batch_runner.engine.result import Plan, RunResult
+    from batch_runner.engine.run import run_batch, run_batch_sync
+    from batch_runner.engine.sharding import Shard
+    from batch_runner.engine.stop import StopReason
+    from batch_runner.engine.survey import plan
+    from batch_runner.outputs.merge import (
+        MergeConflictError,
+        MergeError,
+        MergeTargetError,
+    )
+    from batch_runner.outputs.query import records, status
+    from batch_runner.outputs.report import RunStatus
+
+#: the rest of the API, imported when first used: `status` or a dry run must
+#: not pay for aiohttp and the simulator (a second of a million-job plan)
+_LAZY = {
+    "Plan": "batch_runner.engine.result",
+    "RunResult": "batch_runner.engine.result",
+    "run_batch": "batch_runner.engine.run",
+    "run_batch_sync": "batch_runner.engine.run",
+    "Shard": "batch_runner.engine.sharding",
+    "StopReason": "batch_runner.engine.stop",
+    "plan": "batch_runner.engine.survey",
+    "MergeConflictError": "batch_runner.outputs.merge",
+    "MergeError": "batch_runner.outputs.merge",
+    "MergeTargetError": "batch_runner.outputs.merge",
+    "records": "batch_runner.outputs.query",
+    "status": "batch_runner.outputs.query",
+    "RunStatus": "batch_runner.outputs.report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 __all__ = [

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,9 +23,7 @@ from batch_runner import __version__
 from batch_runner.cli import options as t
 from batch_runner.cli.heap import keep_mmap_threshold
 from batch_runner.cli.logs import setup_logging
-from batch_runner.cli.run_command import run_command
-from batch_runner.engine.progress import TqdmLoggingHandler
-from batch_runner.engine.run import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV
+from batch_runner.engine.env import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV
 from batch_runner.engine.sharding import Shard, choose_shard
 from batch_runner.errors import BatchRunnerError, ManifestError, UsageError
 from batch_runner.exit_codes import ExitCode
@@ -35,13 +33,11 @@ from batch_runner.outputs.report import (
     write_failed_csv,
     write_failed_jsonl,
 )
-from batch_runner.simulator import app as simulator
 from batch_runner.store import bucket as bucket_store
 from batch_runner.store.bucket import DEFAULT_SYNC_INTERVAL
 from batch_runner.store.remote import RemoteUrl, Store, open_store
 from batch_runner.store.rundir import RunDir
 from batch_runner.store.transcode import DEFAULT_QUALITY, ImageFormat
-from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES
 from batch_runner.wire.urls import check_base_url
 
 log = logging.getLogger("batch_runner")
@@ -58,9 +54,32 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         # Python 3.13's rule: "-1/2" or "-.5" is a value, not an unknown option
         self._negative_number_matcher = re.compile(r"^-\.?\d")
+        #: adds this parser's arguments when it is first used (see `_filled`)
+        self.fill: Callable[[argparse.ArgumentParser], None] | None = None
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    def _filled(self) -> None:
+        if self.fill is not None:
+            fill, self.fill = self.fill, None
+            fill(self)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._filled()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._filled()
+        return super().format_help()
+
+
+def _simulator_arguments(parser: argparse.ArgumentParser) -> None:
+    from batch_runner.simulator import app as simulator
+
+    simulator.add_arguments(parser)
 
 
 def _add_location(p: argparse.ArgumentParser) -> None:
@@ -203,7 +222,8 @@ def _add_run_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
     add(
         "--max-image-bytes",
         type=t.positive_int,
-        default=DEFAULT_MAX_IMAGE_BYTES,
+        # None: the library's default (wire.client, which imports aiohttp)
+        default=None,
         help="refuse images larger than this (default 50 MiB)",
     )
     add(
@@ -380,7 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the Z-Image simulator standalone",
         description="Serve a local Z-Image simulator for testing pipelines.",
     )
-    simulator.add_arguments(sim)
+    # its options come from the simulator, which imports aiohttp: added only
+    # when this command is parsed (or its help shown)
+    assert isinstance(sim, _Parser)
+    sim.fill = _simulator_arguments
     return parser
 
 
@@ -495,6 +518,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     if ns.state_dir is not None and not isinstance(out_dir, RemoteUrl):
         raise UsageError("--state-dir goes with --out URL (an object store)")
     _check_dir(ns.state_dir, "--state-dir")
+    from batch_runner.cli.run_command import run_command
+
     return run_command(
         ns,
         out_dir=out_dir.url if isinstance(out_dir, RemoteUrl) else out_dir,
@@ -661,6 +686,8 @@ def cmd_merge(ns: argparse.Namespace) -> int:
 
 def cmd_simulator(ns: argparse.Namespace) -> int:
     try:
+        from batch_runner.simulator import app as simulator
+
         config = simulator.config_from_args(ns)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -712,7 +739,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     fmt = getattr(ns, "log_format", "text")
     log_file = getattr(ns, "log_file", None)
-    console = TqdmLoggingHandler() if use_tqdm else None
+    console = None
+    if use_tqdm:
+        from batch_runner.engine.progress import TqdmLoggingHandler
+
+        console = TqdmLoggingHandler()
     try:
         setup_logging(
             verbose=getattr(ns, "verbose", False),

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from batch_runner.cli.heap import keep_mmap_threshold
 from batch_runner.engine.result import Plan
-from batch_runner.engine.run import plan, run_batch_sync
 from batch_runner.engine.sharding import Shard
+from batch_runner.engine.survey import plan
 from batch_runner.errors import ManifestError, RunLockedError, UsageError
 from batch_runner.exit_codes import ExitCode
 from batch_runner.store.transcode import image_options
@@ -57,6 +57,10 @@ def run_command(
                 log.error("%s", the_plan.refusal)
                 return ExitCode.USAGE
             return ExitCode.OK
+        # the network part's modules (aiohttp, the simulator), only for a run
+        from batch_runner.engine.run import run_batch_sync
+        from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES
+
         result = run_batch_sync(
             ns.manifest,
             out=out_dir,
@@ -75,7 +79,9 @@ def run_command(
             retry_failed=ns.retry_failed,
             rerun_changed=ns.rerun_changed,
             download=ns.download,
-            max_image_bytes=ns.max_image_bytes,
+            max_image_bytes=ns.max_image_bytes
+            if ns.max_image_bytes is not None
+            else DEFAULT_MAX_IMAGE_BYTES,
             image_format=ns.image_format,
             quality=ns.quality,
             max_side=ns.max_side,

@@ -8,12 +8,14 @@ import logging
 import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_runner.engine.plan import Action, PlanCounts
-from batch_runner.engine.runner import RunResult as RunTally
-from batch_runner.engine.runner import StopReason
+from batch_runner.engine.stop import StopReason
 from batch_runner.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from batch_runner.engine.runner import RunResult as RunTally
 
 log = logging.getLogger("batch_runner")
 

@@ -16,39 +16,43 @@ import math
 import os
 import secrets
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 
-from batch_runner.engine.changed import changed_jobs_error
-from batch_runner.engine.plan import Action, PlanCounts, plan_counter, work_items
+from batch_runner.engine.env import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV
+from batch_runner.engine.plan import Action, PlanCounts, work_items
 from batch_runner.engine.progress import NullProgress, Progress, TqdmProgress
 from batch_runner.engine.result import Plan, RunResult, conclude
 from batch_runner.engine.retry import RetryPolicy
 from batch_runner.engine.runner import Runner, RunOptions
 from batch_runner.engine.runner import RunResult as RunTally
 from batch_runner.engine.sharding import Shard, as_shard
+from batch_runner.engine.survey import (
+    _check_int,
+    _locate,
+    _refusal,
+    _survey,
+)
+
+# moved to engine.survey (a dry run must not import aiohttp); still importable here
+from batch_runner.engine.survey import _Survey as _Survey
+from batch_runner.engine.survey import plan as plan
 from batch_runner.engine.transcoder import Transcoder
 from batch_runner.engine.uploads import bucket_publisher
 from batch_runner.errors import (
     BatchRunnerError,
-    ChangedJobsError,
-    StoreError,
     UsageError,
 )
 from batch_runner.exit_codes import ExitCode
-from batch_runner.manifest.items import JobItems, Jobs, job_source
+from batch_runner.manifest.items import Jobs, job_source
 from batch_runner.manifest.reader import (
     ManifestSource,
-    ManifestSummary,
     iter_jobs,
-    validate_manifest,
 )
 from batch_runner.models import JobSpec
 from batch_runner.outputs.dataset import compact_metadata
@@ -58,22 +62,13 @@ from batch_runner.simulator import app as simulator
 from batch_runner.store.bucket import (
     DEFAULT_SYNC_INTERVAL,
     BucketRun,
-    fetch_ledger_if_any,
-    run_blocking,
 )
 from batch_runner.store.ledger import (
     LedgerWriter,
     ResumeState,
-    read_ledger,
-    recorded_params,
 )
 from batch_runner.store.remote import (
-    RemoteUrl,
     Store,
-    default_state_dir,
-    is_remote,
-    open_store,
-    parse_url,
 )
 from batch_runner.store.rundir import RunDir
 from batch_runner.store.transcode import ImageFormatName, ImageOptions, image_options
@@ -81,10 +76,6 @@ from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES, ZImageClient
 from batch_runner.wire.urls import check_base_url
 
 log = logging.getLogger("batch_runner")
-
-DEFAULT_BASE_URL = "https://api.tensorslab.com"
-KEY_ENV = "TENSORSLAB_API_KEY"
-BASE_URL_ENV = "TENSORSLAB_BASE_URL"
 
 #: called with each ledger record as it is written
 OnRecord = Callable[[dict[str, Any]], object]
@@ -331,57 +322,6 @@ def run_batch_sync(
     return _run_on_worker_thread(settings, factory)
 
 
-def plan(
-    jobs: Jobs,
-    *,
-    out: str | os.PathLike[str],
-    ledger: str | os.PathLike[str] | None = None,
-    retry_failed: bool = False,
-    rerun_changed: bool = False,
-    shard: str | Shard | None = None,
-    max_jobs: int | None = None,
-    download: bool = True,
-) -> Plan:
-    """What `run_batch` would do now, sending nothing (a dry run): the jobs are
-    validated exactly as for a run and compared with the ledger. Takes no lock
-    and needs no key. Raises ManifestError on a bad job; jobs edited since
-    their last run are counted (`changed`), and unless `rerun_changed`,
-    `refusal` says why a run would refuse to start. With a bucket URL as
-    `out`, the ledger is read from the bucket (into a temporary folder, never
-    into the state dir a run may be using)."""
-    chosen = as_shard(shard)
-    if max_jobs is not None:
-        _check_int("max_jobs", max_jobs, 0)
-    source = job_source(jobs)
-    with contextlib.ExitStack() as scratch:
-        run_dir, store = _locate(out, ledger, None)
-        if store is not None:
-            run_dir = RunDir(scratch.enter_context(tempfile.TemporaryDirectory()))
-            run_blocking(fetch_ledger_if_any(store, run_dir.root))
-        survey = _survey(
-            source,
-            run_dir,
-            retry_failed=retry_failed,
-            rerun_changed=rerun_changed,
-            shard=chosen,
-            download=download,
-        )
-        counts = survey.counts
-        refusal = (
-            str(_refusal(source, run_dir, counts))
-            if counts.counts[Action.CHANGED]
-            else None
-        )
-    return Plan.from_counts(
-        counts,
-        max_jobs=max_jobs,
-        shard=chosen.label if chosen else None,
-        refusal=refusal,
-        matrix_rows=survey.summary.matrix_rows,
-        matrix_jobs=survey.summary.matrix_jobs,
-    )
-
-
 # -- running ---------------------------------------------------------------------
 
 
@@ -510,52 +450,6 @@ class _CrossThreadCancel:
             self._cancelled = True
             if self._task is not None and self._loop is not None:
                 self._loop.call_soon_threadsafe(self._task.cancel)
-
-
-@dataclass(frozen=True, slots=True)
-class _Survey:
-    """The ledger's state, the manifest's summary and the plan they make."""
-
-    counts: PlanCounts
-    state: ResumeState
-    summary: ManifestSummary
-
-
-def _survey(
-    source: ManifestSource,
-    run_dir: RunDir,
-    *,
-    retry_failed: bool,
-    rerun_changed: bool = False,
-    shard: Shard | None,
-    download: bool = True,
-) -> _Survey:
-    """Read the ledger, then validate every job and count the plan in one pass
-    (millions of rows), comparing each job's parameters with its last record;
-    raises ManifestError before anything is sent."""
-    state = read_ledger(run_dir.ledger)
-    for warning in state.warnings:
-        log.warning("%s", warning)
-    counts, count = plan_counter(
-        state,
-        retry_failed=retry_failed,
-        keep=shard.keeps if shard is not None else None,
-        download=download,
-        rerun_changed=rerun_changed,
-    )
-    summary = validate_manifest(source, on_job_params=count)
-    if count.unsettled:
-        count.settle(recorded_params(run_dir.ledger, count.unsettled))
-    for warning in summary.warnings:
-        log.warning("%s", warning)
-    return _Survey(counts, state, summary)
-
-
-def _refusal(
-    source: ManifestSource, run_dir: RunDir, counts: PlanCounts
-) -> ChangedJobsError:
-    name = source.name if isinstance(source, JobItems) else os.fspath(source)
-    return changed_jobs_error(counts, manifest=name, ledger=run_dir.ledger)
 
 
 def _refuse_changed(s: _Settings, counts: PlanCounts) -> None:
@@ -879,35 +773,6 @@ def _settings(
     )
 
 
-def _locate(
-    out: str | os.PathLike[str],
-    ledger: str | os.PathLike[str] | None,
-    state_dir: str | os.PathLike[str] | None,
-) -> tuple[RunDir, Store | None]:
-    """The run directory for `out`: a local folder, or for an object-store URL
-    its state dir (published at the URL) and the store; raises UsageError (or
-    MissingExtraError) for what cannot work."""
-    text = os.fspath(out)
-    if not is_remote(text):
-        if state_dir is not None:
-            raise UsageError(
-                "state_dir (--state-dir) goes with an object-store out (s3://...)"
-            )
-        return RunDir(out, ledger=ledger), None
-    try:
-        url: RemoteUrl = parse_url(text)
-    except StoreError as exc:
-        raise UsageError(f"out: {exc}") from None
-    if ledger is not None:
-        raise UsageError(
-            f"ledger (--ledger) cannot be used with out {url}: the ledger is in "
-            "the bucket"
-        )
-    store = open_store(url)  # MissingExtraError now, not after validating
-    root = Path(state_dir) if state_dir is not None else default_state_dir(url)
-    return RunDir(root, location=url.url), store
-
-
 def _where_to_send(
     api_key: str | None, base_url: str | None, mock: bool
 ) -> tuple[str, str | None]:
@@ -931,13 +796,6 @@ def _where_to_send(
         source = "base_url" if base_url else BASE_URL_ENV
         raise UsageError(f"{source}: {exc}") from None
     return key, url
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{name} must be an integer, got {value!r}")
-    if value < low:
-        raise UsageError(f"{name} must be >= {low}, got {value}")
 
 
 def _check_float(
