@@ -71,6 +71,7 @@ from batch_runner.store.remote import (
     Store,
 )
 from batch_runner.store.rundir import RunDir
+from batch_runner.store.snapshot import write_snapshot
 from batch_runner.store.transcode import ImageFormatName, ImageOptions, image_options
 from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES, ZImageClient
 from batch_runner.wire.urls import check_base_url
@@ -351,6 +352,7 @@ async def _run_async(s: _Settings) -> RunResult:
             await refresh_bucket_metadata(s.run_dir, bucket)
         else:
             await asyncio.to_thread(refresh_metadata, s.run_dir)
+        await asyncio.to_thread(write_snapshot, s.run_dir.ledger)
         return _result(s, tally, the_plan, started, bucket)
 
 
@@ -382,6 +384,7 @@ def _run_here(
             runner.run(refresh_bucket_metadata(s.run_dir, bucket))
         else:
             refresh_metadata(s.run_dir)
+        write_snapshot(s.run_dir.ledger)
         return _result(s, tally, the_plan, started, bucket)
 
 

@@ -27,7 +27,7 @@ from batch_runner.manifest.reader import (
     validate_manifest,
 )
 from batch_runner.store.bucket import fetch_ledger_if_any, run_blocking
-from batch_runner.store.ledger import ResumeState, read_ledger, recorded_params
+from batch_runner.store.ledger import ResumeState, recorded_params
 from batch_runner.store.remote import (
     RemoteUrl,
     Store,
@@ -37,6 +37,7 @@ from batch_runner.store.remote import (
     parse_url,
 )
 from batch_runner.store.rundir import RunDir
+from batch_runner.store.snapshot import read_resume_state
 
 log = logging.getLogger("batch_runner")
 
@@ -113,7 +114,8 @@ def _survey(
     """Read the ledger, then validate every job and count the plan in one pass
     (millions of rows), comparing each job's parameters with its last record;
     raises ManifestError before anything is sent."""
-    state = read_ledger(run_dir.ledger)
+    # the snapshot a run leaves and the ledger's tail: the whole ledger's state
+    state = read_resume_state(run_dir.ledger)
     for warning in state.warnings:
         log.warning("%s", warning)
     counts, count = plan_counter(

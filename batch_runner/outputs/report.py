@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
-from operator import countOf
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,6 +38,7 @@ from batch_runner.store.jobmap import (
 from batch_runner.store.ledger import (
     HEX_DIGITS,
     RecordHead,
+    head_blocks,
     head_is_generated,
     iter_head_blocks,
     iter_records,
@@ -48,6 +48,7 @@ from batch_runner.store.ledger import (
 )
 from batch_runner.store.params import ParamsIndex
 from batch_runner.store.rundir import RunDir
+from batch_runner.store.snapshot import load_snapshot
 
 _STATE_CODES = {
     "submitted": SUBMITTED,
@@ -150,12 +151,60 @@ class _Scan:
     params: ParamsIndex | None = None
 
 
-def _scan(path: Path, status: RunStatus, *, audit: bool, params: bool) -> _Scan:
+@dataclass(slots=True)
+class _Totals:
+    """What a scan counts over every line, not per job."""
+
+    records: int = 0
+    unreadable: int = 0
+    first_ts: str | None = None
+    last_ts: str | None = None
+
+
+def _scan(
+    path: Path,
+    status: RunStatus,
+    *,
+    audit: bool,
+    params: bool,
+    stop: int | None = None,
+) -> _Scan:
+    """One pass over the ledger (up to byte `stop`, if given); with a resume
+    snapshot that matches it (`store.snapshot`), over its tail only, the
+    snapshot standing for the rest. The audit needs every record: no snapshot."""
     scan = _Scan(params=ParamsIndex() if params else None)
+    totals = _Totals()
+    snap = None if audit else load_snapshot(path, stop=stop)
+    start = 0
+    if snap is not None:
+        scan.states.load_packed(snap.packed, SUCCEEDED)
+        with snap.reduced() as lines:
+            _fold_scan(scan, head_blocks(lines), audit, _Totals())
+        h = snap.header
+        totals = _Totals(h.status_records, h.unreadable, h.first_ts, h.last_ts)
+        start = h.ledger_end
+    _fold_scan(scan, iter_head_blocks(path, start, stop), audit, totals)
+    status.records, status.unreadable_lines = totals.records, totals.unreadable
+    status.first_ts, status.last_ts = totals.first_ts, totals.last_ts
+    scan.states.freeze()
+    states = scan.states
+    status.images_expected = states.count(SUCCEEDED) + sum(
+        n - 1 for key, n in scan.files_of.items() if states.get(key) == SUCCEEDED
+    )
+    return scan
+
+
+def _fold_scan(
+    scan: _Scan,
+    blocks: Iterable[list[RecordHead | None]],
+    audit: bool,
+    totals: _Totals,
+) -> None:
+    """Fold blocks of heads into `scan`, counting lines into `totals`."""
     states, failures, files_of = scan.states.codes, scan.failures, scan.files_of
-    first_ts = last_ts = None
+    first_ts, last_ts = totals.first_ts, totals.last_ts
     records = unreadable = 0
-    for heads in iter_head_blocks(path):
+    for heads in blocks:
         times = [h.ts for h in heads if h is not None and type(h.ts) is str]
         if times:
             low, high = min(times), max(times)
@@ -189,13 +238,9 @@ def _scan(path: Path, status: RunStatus, *, audit: bool, params: bool) -> _Scan:
                         files_of.pop(key, None)
                     continue
             _note_head(scan, head, audit)
-    status.records, status.unreadable_lines = records, unreadable
-    status.first_ts, status.last_ts = first_ts, last_ts
-    status.images_expected = countOf(states.values(), SUCCEEDED) + sum(
-        n - 1 for key, n in files_of.items() if states.get(key) == SUCCEEDED
-    )
-    scan.states.freeze()
-    return scan
+    totals.records += records
+    totals.unreadable += unreadable
+    totals.first_ts, totals.last_ts = first_ts, last_ts
 
 
 def _note_head(scan: _Scan, head: RecordHead, audit: bool) -> None:

@@ -96,10 +96,19 @@ class JobCodes:
             return self._small_codes[at]
         return None
 
+    def load_packed(self, keys: array[int], code: int) -> None:
+        """Start from `keys` (sorted, distinct, below 2**64), all in state
+        `code`: a resume snapshot's succeeded jobs. Before any `set`."""
+        self._small = keys
+        self._small_codes = bytes((code,)) * len(keys)
+
     def freeze(self) -> None:
         """Pack the keys below 2**64 away from the dict (see the class doc)."""
         codes = self.codes
-        if not codes or self._small:
+        if not codes:
+            return
+        if self._small:
+            self._merge()
             return
         # the usual ledger has derived ids only: then all of it, in C
         wide = min(codes) < 0 or max(codes) >= DERIVED_LIMIT
@@ -118,6 +127,31 @@ class JobCodes:
             if wide
             else {}
         )
+
+    def _merge(self) -> None:
+        """`freeze` when keys are packed already (`load_packed`): the dict's
+        keys below 2**64 join them, and its codes win."""
+        small = {k: c for k, c in self.codes.items() if 0 <= k < DERIVED_LIMIT}
+        if not small:
+            return
+        self.codes = {k: c for k, c in self.codes.items() if not 0 <= k < DERIVED_LIMIT}
+        packed = self._small
+        codes = bytearray(self._small_codes)
+        new = []
+        for key, code in small.items():
+            at = bisect_left(packed, key)
+            if at < len(packed) and packed[at] == key:
+                codes[at] = code
+            else:
+                new.append((key, code))
+        if not new:
+            self._small_codes = bytes(codes)
+            return
+        merged = dict(zip(packed, codes, strict=True))
+        merged.update(new)
+        keys = sorted(merged)
+        self._small = array("Q", keys)
+        self._small_codes = bytes(map(merged.__getitem__, keys))
 
     def items(self) -> Iterator[tuple[int, int]]:
         """Every (key, code)."""

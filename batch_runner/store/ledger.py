@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import msgspec
 
@@ -396,23 +396,34 @@ def _warn_unreadable(
     )
 
 
-def replay_file(stream: BinaryIO, *, name: str = "ledger") -> ResumeState:
-    """`replay` of a whole ledger file, decoded a block of lines at a time."""
-    state = ResumeState()
-    for start, block in _blocks(stream):
+def replay_file(
+    stream: Readable,
+    *,
+    name: str = "ledger",
+    state: ResumeState | None = None,
+    start: int = 0,
+    freeze: bool = True,
+) -> ResumeState:
+    """`replay` of a whole ledger file, decoded a block of lines at a time; or,
+    given `state`, of the rest of one (from byte `start`, where `stream`
+    stands), folded into that state."""
+    if state is None:
+        state = ResumeState()
+    for at, block in _blocks(stream, start):
         heads = _decode_block(block)
         if heads is None:
-            _fold_lines(state, _lines(block), start, name)
+            _fold_lines(state, _lines(block), at, name)
             continue
         bad = _fold_heads(state, heads)
         if bad is not None:
             # a head that is no record: name its line, go on after it
             n, exc = bad
             lines = _lines(block)
-            offset = start + sum(map(len, lines[:n]))
+            offset = at + sum(map(len, lines[:n]))
             _warn_unreadable(state, name, offset, lines[n], exc)
             _fold_lines(state, lines[n + 1 :], offset + len(lines[n]), name)
-    state.jobs.freeze()
+    if freeze:
+        state.jobs.freeze()
     return state
 
 
@@ -479,14 +490,36 @@ def _lines(block: bytes) -> list[bytes]:
     return lines
 
 
+class Readable(Protocol):
+    """What the block readers need of a stream."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class Bounded:
+    """The next `limit` bytes of a stream, and no more."""
+
+    __slots__ = ("_left", "_stream")
+
+    def __init__(self, stream: Readable, limit: int) -> None:
+        self._stream = stream
+        self._left = max(0, limit)
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size < 0 or size > self._left:
+            size = self._left
+        data = self._stream.read(size) if size else b""
+        self._left -= len(data)
+        return data
+
+
 #: ledger bytes read and decoded at a time
 _BLOCK_BYTES = 1 << 16
 
 
-def _blocks(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+def _blocks(stream: Readable, offset: int = 0) -> Iterator[tuple[int, bytes]]:
     """The stream in blocks of whole lines (the last may lack its newline),
-    each with the offset it starts at."""
-    offset = 0
+    each with the offset it starts at (the stream's first byte is at `offset`)."""
     rest = b""
     size = _BLOCK_BYTES
     while data := stream.read(size):
@@ -539,10 +572,12 @@ def read_ledger(path: Path) -> ResumeState:
         raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
 
 
-def iter_head_blocks(path: Path) -> Iterator[list[RecordHead | None]]:
+def iter_head_blocks(
+    path: Path, start: int = 0, stop: int | None = None
+) -> Iterator[list[RecordHead | None]]:
     """The head of each non-blank line of a ledger (`read_head`), None for a
-    line that is not a record, a block of lines at a time; a missing file has
-    none."""
+    line that is not a record, a block of lines at a time, from byte `start`
+    (up to byte `stop`, if given); a missing file has none."""
     try:
         fh = path.open("rb")
     except FileNotFoundError:
@@ -550,19 +585,25 @@ def iter_head_blocks(path: Path) -> Iterator[list[RecordHead | None]]:
     except OSError as exc:
         raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
     with fh:
-        for _, block in _blocks(fh):
-            heads = _decode_block(block)
-            if heads is None:
-                yield [read_head(raw) for raw in _lines(block) if raw.strip()]
-            else:
-                yield [
-                    head
-                    if isinstance(head.job_id, str)
-                    and head.job_id
-                    and head.status in _CODES
-                    else None
-                    for head in heads
-                ]
+        fh.seek(start)
+        yield from head_blocks(fh if stop is None else Bounded(fh, stop - start))
+
+
+def head_blocks(stream: Readable) -> Iterator[list[RecordHead | None]]:
+    """`iter_head_blocks` of an open stream, from where it stands."""
+    for _, block in _blocks(stream):
+        heads = _decode_block(block)
+        if heads is None:
+            yield [read_head(raw) for raw in _lines(block) if raw.strip()]
+        else:
+            yield [
+                head
+                if isinstance(head.job_id, str)
+                and head.job_id
+                and head.status in _CODES
+                else None
+                for head in heads
+            ]
 
 
 class LedgerWriter:
