@@ -11,14 +11,17 @@ they match. Then measures wall time and the child's own peak RSS (wait4) of
     python -m batch_runner run M.csv --dry-run --out DIR
     python -m batch_runner status M.csv --out DIR --json
 
-and checks each printed the expected counts. Goals: peak RSS < 150 MB and
-wall time < 5 s, for both commands.
+and checks each printed the expected counts. The ledger has the resume
+snapshot (`.resume-state`) a run leaves at its end, written here as a run
+writes it; --no-snapshot removes it, so the whole ledger is read. Goals:
+peak RSS < 150 MB and wall time < 5 s, for both commands.
 
 With --yaml-jobs N it instead measures `run --dry-run` of the same jobs written
 as an N-job YAML manifest (prompt, seed, meta mapping) next to the CSV: YAML is
 streamed too, goal a few seconds and < 120 MB at 100,000 jobs.
 
     python bench/scale.py [--rows 1000000] [--runs 2] [--explicit-ids]
+                          [--no-snapshot]
     python bench/scale.py --yaml-jobs 100000 [--runs 2]
 """
 
@@ -37,6 +40,7 @@ from harness import PY, REPO, BenchError, child_env, measure, write_csv_manifest
 from batch_runner.manifest.reader import iter_jobs
 from batch_runner.models import JobStatus
 from batch_runner.store.ledger import encode_record, make_record
+from batch_runner.store.snapshot import load_snapshot, snapshot_path, write_snapshot
 
 CACHE_VERSION = 1
 RSS_GOAL_MB = 150.0
@@ -154,15 +158,33 @@ def write_id_manifest(path: Path, rows: int, *, tag: str) -> Path:
     return path
 
 
+def ensure_snapshot(ledger: Path, *, snapshot: bool) -> float:
+    """Leave the resume snapshot a run writes at its end (`snapshot`), or none
+    (the first plan of a ledger an old version wrote). Returns the seconds
+    writing it took (0 when it was there)."""
+    if not snapshot:
+        snapshot_path(ledger).unlink(missing_ok=True)
+        return 0.0
+    if load_snapshot(ledger) is not None:
+        return 0.0
+    started = time.perf_counter()
+    if not write_snapshot(ledger):
+        raise BenchError(f"could not write the snapshot of {ledger}")
+    return time.perf_counter() - started
+
+
 def run_scale(
     rows: int,
     runs: int = 1,
     cache: Path = DEFAULT_CACHE,
     *,
     explicit_ids: bool = False,
+    snapshot: bool = True,
 ) -> dict[str, Any]:
-    """Measure the dry-run plan and `status` on the cached files; runs alternate."""
+    """Measure the dry-run plan and `status` on the cached files; runs alternate.
+    With `snapshot`, the ledger has the resume snapshot a run leaves."""
     files, generated_s = prepare(rows, cache, explicit_ids=explicit_ids)
+    snapshot_s = ensure_snapshot(files.run_dir / "ledger.jsonl", snapshot=snapshot)
     commands = {
         "plan (run --dry-run)": [
             PY, "-m", "batch_runner", "run", str(files.manifest),
@@ -200,10 +222,13 @@ def run_scale(
     return {
         "rows": rows,
         "explicit_ids": explicit_ids,
+        "snapshot": snapshot,
         "ledger_lines": files.ledger_lines,
         "manifest_mb": round(files.manifest.stat().st_size / 2**20, 1),
         "ledger_mb": round((files.run_dir / "ledger.jsonl").stat().st_size / 2**20, 1),
         "generated_s": round(generated_s, 1),
+        # what the run that left the snapshot spent writing it (0: cached)
+        "snapshot_write_s": round(snapshot_s, 1),
         "results": rows_out,
     }
 
@@ -287,6 +312,11 @@ def main() -> None:
         help="give every row an id, so parameters are compared job by job",
     )
     p.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="remove the ledger's resume snapshot first: the whole ledger is read",
+    )
+    p.add_argument(
         "--yaml-jobs",
         type=int,
         metavar="N",
@@ -297,7 +327,11 @@ def main() -> None:
         result = run_yaml_scale(args.yaml_jobs, args.runs, args.cache)
     else:
         result = run_scale(
-            args.rows, args.runs, args.cache, explicit_ids=args.explicit_ids
+            args.rows,
+            args.runs,
+            args.cache,
+            explicit_ids=args.explicit_ids,
+            snapshot=not args.no_snapshot,
         )
     print(json.dumps(result, indent=2))
 
