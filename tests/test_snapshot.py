@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +22,7 @@ from batch_runner.store.snapshot import (
     snapshot_path,
     write_snapshot,
 )
+from tests.procs import run_runner, start_runner, wait_for
 
 _IDS = st.sampled_from(
     [
@@ -317,3 +320,54 @@ def test_lines_only_status_reads_keep_the_state_replay_had(tmp_path: Path) -> No
             with ledger.open("ab") as fh:
                 fh.write(b"".join(data[cut:]))
             assert _via_snapshot(ledger) == _full(ledger), (job, cut)
+
+
+@pytest.mark.integration
+def test_sigkill_mid_run_then_plan_equals_the_full_fold(tmp_path: Path) -> None:
+    """A run leaves a snapshot; a second run, SIGKILLed mid-way, appends past it
+    and leaves it stale; the plan and `status` then read snapshot + tail and
+    say exactly what the whole ledger says."""
+    import batch_runner
+
+    manifest = tmp_path / "m.csv"
+    rows = [f"picture {i},{i}" for i in range(40)]
+    manifest.write_text("prompt,seed\n" + "\n".join(rows[:12]) + "\n")
+    out = tmp_path / "run"
+    fast = ["--mock", "--poll-interval", "0.05", "--no-progress"]
+    first = run_runner([str(manifest), "--out", str(out), *fast], key=None)
+    assert first.returncode == 0, first.stderr
+    ledger = out / "ledger.jsonl"
+    snap = load_snapshot(ledger)
+    assert snap is not None and snap.header.ledger_end == ledger.stat().st_size
+    manifest.write_text("prompt,seed\n" + "\n".join(rows) + "\n")
+    proc = start_runner(
+        [
+            str(manifest),
+            "--out",
+            str(out),
+            "--concurrency",
+            "3",
+            "--mock-generation-time",
+            "0.3",
+            *fast,
+        ],
+        key=None,
+    )
+    covered = snap.header.ledger_end
+    wait_for(lambda: ledger.stat().st_size > covered + 2000, timeout=60)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=10)
+    assert load_snapshot(ledger) is not None  # stale, and still used
+    with_snapshot = (
+        batch_runner.plan(str(manifest), out=out).to_dict(),
+        batch_runner.status(out, str(manifest)).to_dict(),
+        _resume(read_resume_state(ledger)),
+    )
+    snapshot_path(ledger).unlink()
+    full = (
+        batch_runner.plan(str(manifest), out=out).to_dict(),
+        batch_runner.status(out, str(manifest)).to_dict(),
+        _resume(read_ledger(ledger)),
+    )
+    assert with_snapshot == full
+    assert 12 <= full[0]["done"] < 40
