@@ -1,5 +1,6 @@
 """The planning commands and calls import no HTTP client, simulator, progress bar,
-image library or object store: a second of every million-job plan."""
+image library or object store (nor PyYAML for a CSV): a second of every
+million-job plan."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-HEAVY = ("aiohttp", "tqdm", "PIL", "obstore", "batch_runner.simulator.app", "uvloop")
+HEAVY = (
+    "aiohttp",
+    "tqdm",
+    "PIL",
+    "obstore",
+    "batch_runner.simulator.app",
+    "uvloop",
+    "yaml",
+)
 
 _PROBE = """
 import sys

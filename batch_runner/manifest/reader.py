@@ -35,7 +35,6 @@ from batch_runner.manifest.jsonl_rows import _jsonl_rows
 from batch_runner.manifest.keys import job_key, key_id
 from batch_runner.manifest.matrix import MAX_MATRIX_JOBS, Matrix
 from batch_runner.manifest.params import JobParams
-from batch_runner.manifest.yaml_rows import _yaml_rows
 from batch_runner.models import JobSpec
 
 __all__ = [
@@ -526,6 +525,9 @@ def _read_rows(source: _Source) -> Iterator[_Row]:
     if suffix in _JSONL_SUFFIXES:
         return _with_matrices(_jsonl_rows(where), where)
     if suffix in _YAML_SUFFIXES:
+        # PyYAML only for a YAML manifest: a CSV plan need not import it
+        from batch_runner.manifest.yaml_rows import _yaml_rows
+
         return _with_matrices(_yaml_rows(where), where)
     raise ManifestError(
         f"unknown manifest format {suffix or '(no extension)'!r}: use .yaml/.yml, "
