@@ -371,3 +371,18 @@ def test_sigkill_mid_run_then_plan_equals_the_full_fold(tmp_path: Path) -> None:
     )
     assert with_snapshot == full
     assert 12 <= full[0]["done"] < 40
+
+
+def test_a_snapshot_that_cannot_be_written_leaves_the_whole_ledger_read(
+    tmp_path: Path,
+) -> None:
+    """A timestamp with a lone surrogate (legal in the ledger's JSON, not in
+    UTF-8) cannot go in the header: no snapshot, and the full fold."""
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text(
+        '{"job_id":"j","status":"succeeded","files":["images/j.png"],'
+        '"ts":"2026\\ud800"}\n'
+    )
+    assert not write_snapshot(ledger)
+    assert not snapshot_path(ledger).exists()
+    assert _via_snapshot(ledger) == _full(ledger)

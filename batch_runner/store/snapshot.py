@@ -236,7 +236,15 @@ def write_snapshot(ledger: Path) -> bool:
     target = snapshot_path(ledger)
     try:
         return _write(ledger, target)
-    except (OSError, LedgerError, ValueError) as exc:
+    except (
+        OSError,
+        LedgerError,
+        ValueError,
+        RecursionError,
+        msgspec.MsgspecError,
+    ) as exc:
+        # e.g. a warning or image name with a lone surrogate, which no UTF-8
+        # header can hold: the next plan reads the whole ledger, as before
         log.warning("could not write %s: %s", target, exc)
         return False
 
