@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     )
     from batch_runner.outputs.query import records, status
     from batch_runner.outputs.report import RunStatus
+    from batch_runner.store.snapshot import snapshot_run
 
 #: the rest of the API, imported when first used: `status` or a dry run must
 #: not pay for aiohttp and the simulator (a second of a million-job plan)
@@ -65,6 +66,7 @@ _LAZY = {
     "records": "batch_runner.outputs.query",
     "status": "batch_runner.outputs.query",
     "RunStatus": "batch_runner.outputs.report",
+    "snapshot_run": "batch_runner.store.snapshot",
 }
 
 
@@ -118,6 +120,7 @@ __all__ = [
     "records",
     "run_batch",
     "run_batch_sync",
+    "snapshot_run",
     "status",
 ]
 

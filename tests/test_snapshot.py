@@ -386,3 +386,29 @@ def test_a_snapshot_that_cannot_be_written_leaves_the_whole_ledger_read(
     assert not write_snapshot(ledger)
     assert not snapshot_path(ledger).exists()
     assert _via_snapshot(ledger) == _full(ledger)
+
+
+def test_a_long_tail_is_left_to_the_snapshot_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With `max_tail` (what a run passes at its end) a tail longer than that is
+    not folded, so the run's memory does not grow with its jobs; `batch-runner
+    snapshot DIR` writes it, and a short tail after it is folded again."""
+    from batch_runner.cli.main import main
+    from batch_runner.store.lock import RunLock
+
+    ledger = _ledger(tmp_path)
+    size = ledger.stat().st_size
+    assert not write_snapshot(ledger, max_tail=size - 1)
+    assert not snapshot_path(ledger).exists()
+    with RunLock(ledger.parent):
+        assert main(["snapshot", str(ledger.parent)]) == 4
+    assert not snapshot_path(ledger).exists()
+    assert main(["snapshot", str(ledger.parent)]) == 0
+    assert capsys.readouterr().out.strip() == str(snapshot_path(ledger))
+    assert load_snapshot(ledger) is not None
+    with ledger.open("ab") as fh:
+        fh.write(b'{"job_id":"job-y","status":"submitted","taskid":"t"}\n')
+    assert write_snapshot(ledger, max_tail=size - 1)
+    assert load_snapshot(ledger).header.ledger_end == ledger.stat().st_size  # type: ignore[union-attr]
+    assert _counts(ledger) == (8, 6, 1)

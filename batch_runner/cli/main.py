@@ -25,7 +25,12 @@ from batch_runner.cli.heap import keep_mmap_threshold
 from batch_runner.cli.logs import setup_logging
 from batch_runner.engine.env import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV
 from batch_runner.engine.sharding import Shard, choose_shard
-from batch_runner.errors import BatchRunnerError, ManifestError, UsageError
+from batch_runner.errors import (
+    BatchRunnerError,
+    ManifestError,
+    RunLockedError,
+    UsageError,
+)
 from batch_runner.exit_codes import ExitCode
 from batch_runner.outputs.report import (
     format_status,
@@ -365,6 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--ledger", type=Path, help="ledger (default DIR/ledger.jsonl)"
     )
 
+    snap = sub.add_parser(
+        "snapshot",
+        help="write DIR/.resume-state so plans and status read little of the ledger",
+        description="Write (or bring up to date) the run's resume snapshot. A run "
+        "does it itself at its end unless the part of the ledger it wrote is "
+        "large (over 16 MB): folding it would make the run's memory grow with "
+        "its jobs. Takes the run's lock: exits 4 while a run holds it.",
+    )
+    snap.add_argument("run_dir", type=Path, metavar="DIR", help="the run directory")
+    snap.add_argument("--ledger", type=Path, help="ledger (default DIR/ledger.jsonl)")
+
     export = sub.add_parser(
         "export",
         help="export a run as WebDataset tar shards",
@@ -702,8 +718,24 @@ def cmd_simulator(ns: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_snapshot(ns: argparse.Namespace) -> int:
+    from batch_runner.store.snapshot import snapshot_path, snapshot_run
+
+    _check_dir(ns.run_dir, "DIR")
+    _check_file(ns.ledger, "--ledger")
+    ledger = _existing_ledger(RunDir(ns.run_dir, ledger=ns.ledger).ledger, "DIR")
+    try:
+        wrote = snapshot_run(ns.run_dir, ledger=ledger)
+    except RunLockedError as exc:
+        log.error("%s", exc)
+        return ExitCode.LOCKED
+    print(f"{snapshot_path(ledger)}{'' if wrote else ': already up to date'}")
+    return ExitCode.OK
+
+
 COMMANDS = {
     "run": cmd_run,
+    "snapshot": cmd_snapshot,
     "status": cmd_status,
     "failed": cmd_failed,
     "gallery": cmd_gallery,

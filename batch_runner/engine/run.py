@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -71,7 +72,7 @@ from batch_runner.store.remote import (
     Store,
 )
 from batch_runner.store.rundir import RunDir
-from batch_runner.store.snapshot import write_snapshot
+from batch_runner.store.snapshot import RUN_MAX_TAIL, write_snapshot
 from batch_runner.store.transcode import ImageFormatName, ImageOptions, image_options
 from batch_runner.wire.client import DEFAULT_MAX_IMAGE_BYTES, ZImageClient
 from batch_runner.wire.urls import check_base_url
@@ -352,7 +353,9 @@ async def _run_async(s: _Settings) -> RunResult:
             await refresh_bucket_metadata(s.run_dir, bucket)
         else:
             await asyncio.to_thread(refresh_metadata, s.run_dir)
-        await asyncio.to_thread(write_snapshot, s.run_dir.ledger)
+        await asyncio.to_thread(
+            functools.partial(write_snapshot, max_tail=RUN_MAX_TAIL), s.run_dir.ledger
+        )
         return _result(s, tally, the_plan, started, bucket)
 
 
@@ -384,7 +387,7 @@ def _run_here(
             runner.run(refresh_bucket_metadata(s.run_dir, bucket))
         else:
             refresh_metadata(s.run_dir)
-        write_snapshot(s.run_dir.ledger)
+        write_snapshot(s.run_dir.ledger, max_tail=RUN_MAX_TAIL)
         return _result(s, tally, the_plan, started, bucket)
 
 

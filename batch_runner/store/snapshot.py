@@ -59,7 +59,7 @@ from batch_runner.store.ledger import (
     read_head,
     replay_file,
 )
-from batch_runner.store.rundir import LEDGER_NAME, atomic_write
+from batch_runner.store.rundir import LEDGER_NAME, RunDir, atomic_write
 
 log = logging.getLogger("batch_runner.store.snapshot")
 
@@ -85,6 +85,9 @@ _KEPT = (
     "prompt_extend",
 )
 _SPOOL_BYTES = 8 << 20
+#: the most ledger bytes a run folds into the snapshot at its end (about
+#: 18,000 jobs' lines, ~3 MB of memory); more is left to `batch-runner snapshot`
+RUN_MAX_TAIL = 16 << 20
 _STATUSES = frozenset(s.value for s in JobStatus)
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 
@@ -227,15 +230,20 @@ def _fold_tail(
 # -- writing --------------------------------------------------------------------
 
 
-def write_snapshot(ledger: Path) -> bool:
+def write_snapshot(ledger: Path, *, max_tail: int | None = None) -> bool:
     """Bring the ledger's snapshot up to its last whole line: from the snapshot
     there is and the ledger's tail, so it costs what the tail costs (the first
     one reads the whole ledger). Call it holding the ledger's lock: no line may
     be appended meanwhile. Never raises: returns whether it wrote one (a
-    failure is logged; the snapshot is only a cache)."""
+    failure is logged; the snapshot is only a cache).
+
+    Folding the tail holds every job in it (about 170 bytes each), so with
+    `max_tail` a tail longer than that many bytes is left to the next call
+    without it (`batch-runner snapshot DIR`): a run's own memory must not grow
+    with the number of jobs it did (RUN_MAX_TAIL)."""
     target = snapshot_path(ledger)
     try:
-        return _write(ledger, target)
+        return _write(ledger, target, max_tail)
     except (
         OSError,
         LedgerError,
@@ -272,7 +280,7 @@ class _Totals:
     last_ts: str | None = None
 
 
-def _write(ledger: Path, target: Path) -> bool:
+def _write(ledger: Path, target: Path, max_tail: int | None = None) -> bool:
     with ledger.open("rb") as fh:
         st = os.fstat(fh.fileno())
         end = _last_line_end(fh, st.st_size)
@@ -283,6 +291,16 @@ def _write(ledger: Path, target: Path) -> bool:
     start = prev.header.ledger_end if prev is not None else 0
     if prev is not None and start == end:
         return False  # up to date
+    if max_tail is not None and end - start > max_tail:
+        log.info(
+            "%s: not brought up to date (%.0f MB of ledger since it, over the "
+            "%.0f MB a run folds at its end); `batch-runner snapshot %s` writes it",
+            target,
+            (end - start) / 1e6,
+            max_tail / 1e6,
+            ledger.parent,
+        )
+        return False
     # what is counted over every line: the previous snapshot's, plus the tail's
     tail_state = _fold_tail(ledger, ResumeState(), start, end)
     totals = _Totals()
@@ -461,3 +479,18 @@ def _reduce(head: RecordHead) -> bytes:
         if value is not None:
             fields[name] = value
     return (_ENCODER.encode(fields) + "\n").encode("ascii")
+
+
+def snapshot_run(
+    out: str | os.PathLike[str], *, ledger: str | os.PathLike[str] | None = None
+) -> bool:
+    """Write (or bring up to date) the resume snapshot of the run directory
+    `out` (its ledger, or `ledger`), under the run's lock: raises
+    RunLockedError at once if a run holds it. Returns whether it wrote one
+    (False: already up to date, or nothing to snapshot). What a run leaves
+    undone at its end when its part of the ledger is over RUN_MAX_TAIL."""
+    run_dir = RunDir(out, ledger=ledger)
+    if not run_dir.ledger.is_file():
+        raise LedgerError(f"no ledger at {run_dir.ledger}")
+    with run_dir.lock():
+        return write_snapshot(run_dir.ledger)
