@@ -12,9 +12,10 @@ they match. Then measures wall time and the child's own peak RSS (wait4) of
     python -m batch_runner status M.csv --out DIR --json
 
 and checks each printed the expected counts. The ledger has the resume
-snapshot (`.resume-state`) a run leaves at its end, written here as a run
-writes it; --no-snapshot removes it, so the whole ledger is read. Goals:
-peak RSS < 150 MB and wall time < 5 s, for both commands.
+snapshot (`.resume-state`) that `batch-runner snapshot DIR` writes (a run
+writes it at its end for up to 16 MB of new ledger), written here the same
+way; --no-snapshot removes it, so the whole ledger is read. Goals: peak RSS
+< 150 MB and wall time < 5 s, for both commands.
 
 With --yaml-jobs N it instead measures `run --dry-run` of the same jobs written
 as an N-job YAML manifest (prompt, seed, meta mapping) next to the CSV: YAML is
