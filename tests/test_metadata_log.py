@@ -282,3 +282,19 @@ def test_compaction_writes_what_a_ledger_rebuild_writes(tmp_path: Path) -> None:
         ("a", "p2", 2.5),
         ("d", "p0", None),
     ]
+
+
+def test_a_run_that_writes_nothing_leaves_the_log_untouched(tmp_path: Path) -> None:
+    """Opening and closing the log with no ledger line in between writes nothing,
+    so a rerun of a finished run does not compact metadata.jsonl again."""
+    ledger = _Ledger(tmp_path)
+    ledger.start([])
+    ledger.write(_succeeded("a"))
+    assert ledger.log is not None
+    ledger.log.close()
+    before = ledger.run.metadata_log.read_bytes()
+    again = _Ledger(tmp_path)
+    again.start([])
+    assert again.log is not None
+    again.log.close()
+    assert ledger.run.metadata_log.read_bytes() == before

@@ -505,10 +505,13 @@ class MetadataLog:
                 fh.close()
 
     def close(self) -> None:
-        """Mark how far the log got, and close it."""
+        """Mark how far the log got, and close it. A run that wrote no ledger
+        line leaves the log untouched, so metadata.jsonl is not compacted
+        again for nothing."""
         if self._fh is None:
             return
-        self._mark()
+        if self._unmarked:
+            self._mark()
         fh, self._fh = self._fh, None
         if fh is not None:
             try:
