@@ -37,10 +37,14 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from batch_runner.errors import LedgerError
 from batch_runner.models import JobStatus
-from batch_runner.store.final_records import final_succeeded_lines
-from batch_runner.store.ledger import encode_record, loads, read_head
+from batch_runner.store.final_records import (
+    final_succeeded_lines,
+    last_line,
+    lines_with_ends,
+    lists_images,
+)
+from batch_runner.store.ledger import encode_record, ledger_lines, loads, read_head
 from batch_runner.store.rundir import atomic_write
 
 log = logging.getLogger("batch_runner.outputs.metadata_log")
@@ -53,8 +57,6 @@ MARK_EVERY = 1000
 TAIL_JOBS_MAX = 100_000
 #: how many bytes of the ledger a mark checks
 _MARK_WINDOW = 64
-#: how far back `last_line` reads at a time
-_TAIL_BLOCK = 1 << 16
 
 
 # -- lines (pure) -------------------------------------------------------------
@@ -133,21 +135,18 @@ def copied_line(raw: bytes) -> bytes | None:
     """The ledger line a row line copies (no newline), or None for a drop or a
     mark."""
     line = parse_line(raw)
-    if line is None or line.record is None:
-        return None
+    return None if line is None or line.record is None else _row_body(raw)
+
+
+def _row_body(raw: bytes) -> bytes:
+    """`copied_line` of a line already known to be a row."""
     body = raw.rstrip(b"\r\n")
     return b"{" + body[body.index(b",", len(_PREFIX)) + 1 :]
 
 
 def should_log(record: Mapping[str, Any]) -> bool:
-    """Does this ledger record make rows? A succeeded record with image files
-    (one without files is an old --no-download record: no image to list)."""
-    files = record.get("files")
-    return (
-        record.get("status") == JobStatus.SUCCEEDED
-        and isinstance(files, list)
-        and bool(files)
-    )
+    """Does this ledger record make rows (`lists_images`)?"""
+    return lists_images(record.get("status"), record.get("files"))
 
 
 def kept_records(
@@ -171,7 +170,7 @@ def kept_records(
 def log_lines(path: Path) -> Iterator[LogLine | None]:
     """Every line of the log, parsed (None for an unreadable one), so positions
     are line numbers."""
-    for raw in _raw_lines(path):
+    for raw in ledger_lines(path):
         yield parse_line(raw)
 
 
@@ -179,7 +178,7 @@ def drops_in(path: Path) -> dict[str, int]:
     """job id -> position of its last drop line. Only lines that can be drops
     are parsed: a drop's second key is "drop", a row's is a ledger field."""
     drops: dict[str, int] = {}
-    for position, raw in enumerate(_raw_lines(path)):
+    for position, raw in enumerate(ledger_lines(path)):
         comma = raw.find(b",", len(_PREFIX))
         if comma > 0 and raw.startswith(b'"drop":', comma + 1):
             line = parse_line(raw)
@@ -194,26 +193,6 @@ def records(path: Path) -> Iterator[dict[str, Any]]:
     drops = drops_in(path)
     parsed = (line if line is not None else LogLine(0) for line in log_lines(path))
     yield from kept_records(parsed, drops)
-
-
-def last_line(fh: BinaryIO) -> tuple[bytes, int]:
-    """The last complete line of a file and the offset just after it (0 and b""
-    when there is none). Reads backwards, so a long log costs a block or two."""
-    size = fh.seek(0, os.SEEK_END)
-    pos = size
-    tail = b""
-    while pos > 0:
-        step = min(_TAIL_BLOCK, pos)
-        pos -= step
-        fh.seek(pos)
-        tail = fh.read(step) + tail
-        last_newline = tail.rfind(b"\n")
-        if last_newline < 0:
-            continue
-        previous = tail.rfind(b"\n", 0, last_newline)
-        if previous >= 0 or pos == 0:
-            return tail[previous + 1 : last_newline + 1], pos + last_newline + 1
-    return b"", 0
 
 
 # -- keeping it in step with the ledger ----------------------------------------
@@ -261,9 +240,8 @@ def _covered(log_path: Path, ledger: Path, ledger_size: int) -> int | None:
         # a torn last line counts the newline the ledger writer will add
         if parsed is None or parsed.ledger_end > ledger_size + 1:
             return None
-        copied = copied_line(line) if parsed.record is not None else None
-        if copied is not None and not _ledger_has(
-            ledger, copied, parsed.ledger_end, ledger_size
+        if parsed.record is not None and not _ledger_has(
+            ledger, _row_body(line), parsed.ledger_end, ledger_size
         ):
             return None
         if parsed.check is not None and not _ledger_matches(
@@ -292,20 +270,6 @@ def _ledger_has(ledger: Path, line: bytes, end: int, ledger_size: int) -> bool:
     return got == line + b"\n" or (got == line and end == ledger_size + 1)
 
 
-def _ledger_tail(ledger: Path, start: int) -> Iterator[tuple[int, int, bytes]]:
-    """(start, end, raw line) of each ledger line from byte `start` on. A torn
-    last line's end counts the newline the next ledger writer adds to it."""
-    try:
-        with ledger.open("rb") as fh:
-            fh.seek(start)
-            for raw in fh:
-                end = start + len(raw) + (0 if raw.endswith(b"\n") else 1)
-                yield start, end, raw
-                start = end
-    except OSError as exc:
-        raise LedgerError(f"cannot read ledger {ledger}: {exc}") from exc
-
-
 def _ledger_matches(ledger: Path, check: tuple[int, int], end: int) -> bool:
     """Do the ledger's bytes before `end` (its newline aside) match a mark's
     checksum?"""
@@ -326,7 +290,7 @@ def _catch_up(log_path: Path, ledger: Path, start: int) -> int | None:
     row is live (in the log, or earlier in the tail) gets a drop first.
     """
     tail_jobs: set[str] = set()
-    for _, _, raw in _ledger_tail(ledger, start):
+    for _, _, raw in lines_with_ends(ledger, start):
         head = read_head(raw)
         if head is not None:
             tail_jobs.add(head.job_id)
@@ -336,7 +300,7 @@ def _catch_up(log_path: Path, ledger: Path, start: int) -> int | None:
     end = start
     last = b""
     with log_path.open("ab") as out:
-        for line_start, end, raw in _ledger_tail(ledger, start):
+        for line_start, end, raw in lines_with_ends(ledger, start):
             last = raw
             head = read_head(raw)
             if head is None:
@@ -344,11 +308,7 @@ def _catch_up(log_path: Path, ledger: Path, start: int) -> int | None:
             if head.job_id in live:
                 out.write(drop_line(head.job_id, line_start))
                 live.discard(head.job_id)
-            if (
-                head.status == JobStatus.SUCCEEDED
-                and isinstance(head.files, list)
-                and head.files
-            ):
+            if lists_images(head.status, head.files):
                 out.write(row_line(raw, end))
                 live.add(head.job_id)
         out.write(mark_line(end, last))
@@ -366,7 +326,7 @@ _LINE_HEAD = msgspec.json.Decoder(_LineHead)
 def _live_rows(log_path: Path, jobs: Collection[str]) -> set[str]:
     """Which of `jobs` have a row in the log that no later drop made stale."""
     live: set[str] = set()
-    for raw in _raw_lines(log_path):
+    for raw in ledger_lines(log_path):
         try:
             head = _LINE_HEAD.decode(raw)
         except msgspec.DecodeError:
@@ -381,15 +341,6 @@ def _live_rows(log_path: Path, jobs: Collection[str]) -> set[str]:
     return live
 
 
-def _raw_lines(path: Path) -> Iterator[bytes]:
-    try:
-        fh = path.open("rb")
-    except FileNotFoundError:
-        return
-    with fh:
-        yield from fh
-
-
 def rebuild(log_path: Path, ledger: Path) -> int:
     """Write the log afresh from the ledger's final succeeded records."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -398,26 +349,25 @@ def rebuild(log_path: Path, ledger: Path) -> int:
         for raw, line_end in final_succeeded_lines(ledger):
             out.write(row_line(raw, line_end))
             end = line_end
-        last = b""
-        try:
-            with ledger.open("rb") as fh:
-                last, after = last_line(fh)
-                size = fh.seek(0, os.SEEK_END)
-            if size > after:  # a torn last line, ended by the next writer
-                fh_tail = _torn_tail(ledger, after)
-                last, end = fh_tail, max(end, size + 1)
-            else:
-                end = max(end, size)
-        except FileNotFoundError:
-            pass
+        ledger_end, last = _ledger_end(ledger)
+        end = max(end, ledger_end)
         out.write(mark_line(end, last))
     return end
 
 
-def _torn_tail(ledger: Path, start: int) -> bytes:
-    with ledger.open("rb") as fh:
-        fh.seek(start)
-        return fh.read()
+def _ledger_end(ledger: Path) -> tuple[int, bytes]:
+    """The ledger's end as line ends count it (a torn last line with the newline
+    its next writer adds), and its last line, for a mark."""
+    try:
+        with ledger.open("rb") as fh:
+            last, after = last_line(fh)
+            size = fh.seek(0, os.SEEK_END)
+            if size > after:  # a torn last line
+                fh.seek(after)
+                return size + 1, fh.read()
+            return size, last
+    except FileNotFoundError:
+        return 0, b""
 
 
 class MetadataLog:
@@ -448,13 +398,6 @@ class MetadataLog:
         """Catch up with the ledger, then append from its end."""
         self._end = sync(self.path, self.ledger)
         self._fh = self.path.open("ab", buffering=1 << 16)
-
-    def __enter__(self) -> MetadataLog:
-        self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def note(self, record: Mapping[str, Any], line: bytes, ledger_end: int) -> None:
         """Follow one ledger line that ends at `ledger_end`."""

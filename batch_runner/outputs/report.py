@@ -48,7 +48,7 @@ from batch_runner.store.ledger import (
 )
 from batch_runner.store.params import ParamsIndex
 from batch_runner.store.rundir import RunDir
-from batch_runner.store.snapshot import load_snapshot
+from batch_runner.store.snapshot import Totals, load_snapshot
 
 _STATE_CODES = {
     "submitted": SUBMITTED,
@@ -151,16 +151,6 @@ class _Scan:
     params: ParamsIndex | None = None
 
 
-@dataclass(slots=True)
-class _Totals:
-    """What a scan counts over every line, not per job."""
-
-    records: int = 0
-    unreadable: int = 0
-    first_ts: str | None = None
-    last_ts: str | None = None
-
-
 def _scan(
     path: Path,
     status: RunStatus,
@@ -173,15 +163,15 @@ def _scan(
     snapshot that matches it (`store.snapshot`), over its tail only, the
     snapshot standing for the rest. The audit needs every record: no snapshot."""
     scan = _Scan(params=ParamsIndex() if params else None)
-    totals = _Totals()
+    totals = Totals()
     snap = None if audit else load_snapshot(path, stop=stop)
     start = 0
     if snap is not None:
         scan.states.load_packed(snap.packed, SUCCEEDED)
         with snap.reduced() as lines:
-            _fold_scan(scan, head_blocks(lines), audit, _Totals())
+            _fold_scan(scan, head_blocks(lines), audit, Totals())
         h = snap.header
-        totals = _Totals(h.status_records, h.unreadable, h.first_ts, h.last_ts)
+        totals = Totals(h.status_records, h.unreadable, h.first_ts, h.last_ts)
         start = h.ledger_end
     _fold_scan(scan, iter_head_blocks(path, start, stop), audit, totals)
     status.records, status.unreadable_lines = totals.records, totals.unreadable
@@ -198,7 +188,7 @@ def _fold_scan(
     scan: _Scan,
     blocks: Iterable[list[RecordHead | None]],
     audit: bool,
-    totals: _Totals,
+    totals: Totals,
 ) -> None:
     """Fold blocks of heads into `scan`, counting lines into `totals`."""
     states, failures, files_of = scan.states.codes, scan.failures, scan.files_of

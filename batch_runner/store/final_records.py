@@ -1,4 +1,5 @@
-"""Each job's last record in a ledger, found without holding the records.
+"""Each job's last record in a ledger, found without holding the records; and
+reading a ledger by byte offsets (its lines with their ends, its last line).
 
 Two passes: the first maps each job to the line of its last record (the only
 per-job memory, packed as 64-bit hashes), the second reads just those lines.
@@ -6,13 +7,17 @@ per-job memory, packed as 64-bit hashes), the second reads just those lines.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from batch_runner.errors import LedgerError
 from batch_runner.models import JobStatus
 from batch_runner.store.ledger import ledger_lines, parse_record, read_head
+
+#: how far back `last_line` reads at a time
+_TAIL_BLOCK = 1 << 16
 
 
 def records_at(
@@ -71,15 +76,18 @@ def numbered_final_records(
             yield lineno, record
 
 
-def final_succeeded_lines(path: Path) -> Iterator[tuple[bytes, int]]:
-    """(raw line, byte offset just after it) of each job's last record when it
-    is succeeded with image files, in ledger order: what the metadata log
-    holds for a ledger (`outputs.metadata_log.rebuild`)."""
-    wanted = final_lines(path)
-    if not wanted:
-        return
-    stop = max(wanted)
-    end = 0
+def lists_images(status: object, files: object) -> bool:
+    """Does a record with this status and `files` put rows in metadata.jsonl?
+    A succeeded one with image files: one without is an old --no-download
+    record, with no image to list."""
+    return status == JobStatus.SUCCEEDED and isinstance(files, list) and bool(files)
+
+
+def lines_with_ends(path: Path, start: int = 0) -> Iterator[tuple[int, int, bytes]]:
+    """(start, end, raw line) of each line of a ledger from byte `start` on; a
+    missing file has none. A torn last line's end counts the newline the next
+    ledger writer adds to it (LedgerWriter.open), so ends stay valid offsets
+    once it is written."""
     try:
         fh = path.open("rb")
     except FileNotFoundError:
@@ -87,16 +95,45 @@ def final_succeeded_lines(path: Path) -> Iterator[tuple[bytes, int]]:
     except OSError as exc:
         raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
     with fh:
-        for lineno, raw in enumerate(fh):
-            end += len(raw) + (0 if raw.endswith(b"\n") else 1)
-            if lineno in wanted:
-                head = read_head(raw)
-                if (
-                    head is not None
-                    and head.status == JobStatus.SUCCEEDED
-                    and isinstance(head.files, list)
-                    and head.files
-                ):
-                    yield raw, end
-            if lineno >= stop:
-                return
+        fh.seek(start)
+        for raw in fh:
+            end = start + len(raw) + (0 if raw.endswith(b"\n") else 1)
+            yield start, end, raw
+            start = end
+
+
+def last_line(fh: BinaryIO) -> tuple[bytes, int]:
+    """The last complete line of a file and the offset just after it (0 and b""
+    when there is none); a torn line after it is not counted. Reads backwards,
+    so a long file costs a block or two."""
+    pos = fh.seek(0, os.SEEK_END)
+    tail = b""
+    while pos > 0:
+        step = min(_TAIL_BLOCK, pos)
+        pos -= step
+        fh.seek(pos)
+        tail = fh.read(step) + tail
+        last_newline = tail.rfind(b"\n")
+        if last_newline < 0:
+            continue
+        previous = tail.rfind(b"\n", 0, last_newline)
+        if previous >= 0 or pos == 0:
+            return tail[previous + 1 : last_newline + 1], pos + last_newline + 1
+    return b"", 0
+
+
+def final_succeeded_lines(path: Path) -> Iterator[tuple[bytes, int]]:
+    """(raw line, byte offset just after it) of each job's last record when it
+    lists images (`lists_images`), in ledger order: what the metadata log holds
+    for a ledger (`outputs.metadata_log.rebuild`)."""
+    wanted = final_lines(path)
+    if not wanted:
+        return
+    stop = max(wanted)
+    for lineno, (_, end, raw) in enumerate(lines_with_ends(path)):
+        if lineno in wanted:
+            head = read_head(raw)
+            if head is not None and lists_images(head.status, head.files):
+                yield raw, end
+        if lineno >= stop:
+            return

@@ -45,6 +45,7 @@ import msgspec
 from batch_runner.errors import LedgerError
 from batch_runner.manifest.keys import job_key
 from batch_runner.models import JobStatus
+from batch_runner.store.final_records import last_line
 from batch_runner.store.jobmap import SUCCEEDED
 from batch_runner.store.ledger import (
     HEX_DIGITS,
@@ -257,23 +258,11 @@ def write_snapshot(ledger: Path, *, max_tail: int | None = None) -> bool:
         return False
 
 
-def _last_line_end(fh: BinaryIO, size: int) -> int:
-    """Where the ledger's last whole line ends: a torn last line is left to
-    the tail, whose warning says it is torn."""
-    at = size
-    while at > 0:
-        step = min(1 << 16, at)
-        fh.seek(at - step)
-        chunk = fh.read(step)
-        cut = chunk.rfind(b"\n")
-        if cut >= 0:
-            return at - step + cut + 1
-        at -= step
-    return 0
-
-
 @dataclass(slots=True)
-class _Totals:
+class Totals:
+    """What `status` counts over every line of a ledger, not per job: kept in
+    the snapshot's header for the lines it covers."""
+
     records: int = 0
     unreadable: int = 0
     first_ts: str | None = None
@@ -283,7 +272,8 @@ class _Totals:
 def _write(ledger: Path, target: Path, max_tail: int | None = None) -> bool:
     with ledger.open("rb") as fh:
         st = os.fstat(fh.fileno())
-        end = _last_line_end(fh, st.st_size)
+        # a torn last line is left to the tail, whose warning says it is torn
+        end = last_line(fh)[1]
         if end == 0:
             return False
         head_crc, tail_crc = _checks(fh, end)
@@ -303,12 +293,12 @@ def _write(ledger: Path, target: Path, max_tail: int | None = None) -> bool:
         return False
     # what is counted over every line: the previous snapshot's, plus the tail's
     tail_state = _fold_tail(ledger, ResumeState(), start, end)
-    totals = _Totals()
+    totals = Totals()
     stems: dict[str, str] = {}
     records, warnings = tail_state.records, tail_state.warnings
     if prev is not None:
         h = prev.header
-        totals = _Totals(h.status_records, h.unreadable, h.first_ts, h.last_ts)
+        totals = Totals(h.status_records, h.unreadable, h.first_ts, h.last_ts)
         stems.update(h.legacy_stems)
         records += h.records
         warnings = [*h.warnings, *warnings]
@@ -351,7 +341,7 @@ def _final_lines(
     prev: Snapshot | None,
     start: int,
     end: int,
-    totals: _Totals,
+    totals: Totals,
     reduced: IO[bytes],
 ) -> array[int]:
     """Each job's last record (and any later line only `status` reads) of the
@@ -393,7 +383,7 @@ def _final_lines(
     return packed
 
 
-def _count(totals: _Totals, head: RecordHead | None) -> None:
+def _count(totals: Totals, head: RecordHead | None) -> None:
     """`status`'s count of one non-blank line (None: unreadable)."""
     if head is None:
         totals.unreadable += 1
