@@ -214,7 +214,15 @@ def section_latency(plan: Plan, mf: Manifests) -> dict[str, Any]:
                     poll_interval=plan.latency_poll,
                     timeout=max(300.0, 4 * jobs * gen / conc),
                 )  # fmt: skip
-                r["polls_per_job"] = round(sim.stats()["polls_total"] / jobs, 2)
+                stats = sim.stats()
+                r["polls_per_job"] = round(stats["polls_total"] / jobs, 2)
+                # how long after a task was done its client first saw it
+                r["found_late_ms"] = round(
+                    1000
+                    * stats.get("found_done_delay_s", 0.0)
+                    / max(1, stats.get("tasks_found_done", 0)),
+                    1,
+                )
             got[tool] = r
         log(f"latency: runner, C={conc}, {jobs} jobs, generation 0")
         with simulator("--generation-time", "0", *IMAGE) as sim:
@@ -232,7 +240,8 @@ def section_latency(plan: Plan, mf: Manifests) -> dict[str, Any]:
         rows.append(
             [conc, f"{gen:g} s", jobs, r["succeeded"], r["own_jobs_per_s"],
              r["wall_jobs_per_s"], ideal, eff, goal(eff >= LATENCY_GOAL),
-             r["polls_per_job"], r["cpu_ms_per_job"],
+             r["polls_per_job"], r["found_late_ms"], bare["polls_per_job"],
+             bare["found_late_ms"], r["cpu_ms_per_job"],
              round(bare["own_jobs_per_s"] / ideal, 3),
              round(r["own_jobs_per_s"] / bare["own_jobs_per_s"], 3),
              ceiling["own_jobs_per_s"], round(r["own_jobs_per_s"] / bound, 3)]
@@ -240,6 +249,7 @@ def section_latency(plan: Plan, mf: Manifests) -> dict[str, Any]:
     md = table(
         ["C", "generation", "jobs", "ok", "jobs/s (own)", "jobs/s (wall)",
          "ideal C/L", "efficiency", f"goal >= {LATENCY_GOAL}", "polls/job",
+         "found late ms", "bare polls/job", "bare found late ms",
          "CPU ms/job", "bare loop efficiency", "runner / bare",
          "gen-0 ceiling jobs/s", "eff. vs min(ideal, ceiling)"],
         rows,
@@ -250,8 +260,9 @@ def section_latency(plan: Plan, mf: Manifests) -> dict[str, Any]:
         "The bare loop (same C, same interval) shows what a minimal client "
         "reaches on this machine; the gen-0 ceiling is the runner at generation "
         "time 0, same jobs and C: when it is below C / L the CPU, not the "
-        "pipeline, is the bound. CPU ms/job is the client's own CPU: hundreds "
-        "of sleeping pollers should cost little of it."
+        "pipeline, is the bound. Found late = the simulator's mean time from a "
+        "task being done to the first poll that saw it. CPU ms/job is the "
+        "client's own CPU: hundreds of sleeping pollers should cost little of it."
     )
     return {
         "title": "2. Latency-bound efficiency (C=100 at 1 s, C=500 at 5 s)",

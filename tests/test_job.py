@@ -430,3 +430,73 @@ async def test_first_poll_follows_the_runs_observed_readiness(tmp_path: Path) ->
     result = await h.run(items(12))
     assert result.succeeded == 12
     assert h.api.count("poll") < 12 * 10 / 2
+
+
+async def test_the_first_wave_sends_scouts_instead_of_polling_every_task(
+    tmp_path: Path,
+) -> None:
+    """40 tasks submitted at once, each ready 0.25 s after its submit, with a
+    10 ms poll interval: polling every task would cost about 25 polls each
+    (1,000). A few scouts poll every interval; the rest wait for what they
+    learn, polling on their own only at 4, 8 and 16 intervals meanwhile."""
+    loop = asyncio.get_running_loop()
+    submitted: dict[str, float] = {}
+
+    def handler(request: FakeRequest) -> FakeAnswer:
+        if request.kind == "submit":
+            assert request.job is not None
+            taskid = f"t-{request.job.job_id}"
+            submitted[taskid] = loop.time()
+            return SubmitResult(taskid, (), 1000, "ok")
+        if request.kind == "poll":
+            assert request.taskid is not None
+            if loop.time() - submitted[request.taskid] < 0.25:
+                return PollResult(2, (), "", 1000, "processing")
+            return PollResult(3, (f"mem://{request.taskid}",), "", 1000, "ok")
+        return png(1, 1)
+
+    options = dataclasses.replace(OPTS, concurrency=40, poll_interval=0.01)
+    h = Harness(tmp_path, handler, options)
+    result = await h.run(items(40))
+    assert result.succeeded == 40
+    assert h.api.count("poll") < 1000 / 4
+
+
+async def test_a_finished_task_downloads_outside_its_generation_slot(
+    tmp_path: Path,
+) -> None:
+    """Concurrency 2 bounds the tasks generating at once, not the downloads:
+    while a finished task's image comes down (slowly here), the next job is
+    already submitted, and never more than 2 tasks are generating."""
+    generating: set[str] = set()
+    downloading = 0
+    most_generating = 0
+    submits_during_downloads = 0
+
+    async def handler(request: FakeRequest) -> FakeAnswer:
+        nonlocal downloading, most_generating, submits_during_downloads
+        if request.kind == "submit":
+            assert request.job is not None
+            taskid = f"t-{request.job.job_id}"
+            generating.add(taskid)
+            most_generating = max(most_generating, len(generating))
+            submits_during_downloads += downloading > 0
+            return SubmitResult(taskid, (), 1000, "ok")
+        if request.kind == "poll":
+            assert request.taskid is not None
+            generating.discard(request.taskid)
+            return PollResult(3, (f"mem://{request.taskid}",), "", 1000, "ok")
+        downloading += 1
+        try:
+            await asyncio.sleep(0.1)
+        finally:
+            downloading -= 1
+        return png(1, 1)
+
+    options = dataclasses.replace(OPTS, concurrency=2)
+    h = Harness(tmp_path, handler, options)
+    result = await h.run(items(6))
+    assert result.succeeded == 6
+    assert most_generating == 2
+    assert submits_during_downloads >= 3
+    assert result.peak_concurrency == 2

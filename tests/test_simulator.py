@@ -146,6 +146,27 @@ async def test_lifecycle_queued_processing_done_then_png(
     assert png_size(png) == (168, 96)
 
 
+async def test_stats_count_early_polls_and_how_late_tasks_are_found(
+    start: StartSim, http: aiohttp.ClientSession
+) -> None:
+    """Benchmarks read how a client polls: polls before the task was done, and
+    the time from done to the first poll that saw it (counted once a task)."""
+    sim = await start(generation_time=0.2)
+    _, body = await submit(http, sim, prompt="a red fox")
+    taskid = body["data"]["taskid"]
+    _, body = await poll(http, sim, taskid)
+    assert body["data"]["image_status"] in (1, 2)
+    await asyncio.sleep(0.35)
+    for _ in range(2):
+        _, body = await poll(http, sim, taskid)
+        assert body["data"]["image_status"] == 3
+    async with http.get(f"{sim.url}/_sim/stats") as resp:
+        stats = await resp.json()
+    assert (stats["polls_total"], stats["polls_early"]) == (3, 1)
+    assert stats["tasks_found_done"] == 1
+    assert 0.1 <= stats["found_done_delay_s"] < 5.0
+
+
 async def test_images_differ_by_seed_and_repeat_for_same_seed(
     start: StartSim, http: aiohttp.ClientSession
 ) -> None:

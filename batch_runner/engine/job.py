@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import logging
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from batch_runner.engine.plan import WorkItem
+from batch_runner.engine.poll_clock import PollClock
 from batch_runner.engine.readiness import ReadinessEstimate
-from batch_runner.engine.retry import Retrier, next_poll_interval
+from batch_runner.engine.retry import Retrier
 from batch_runner.engine.stop import StopReason
 from batch_runner.engine.transcoder import Transcoder
 from batch_runner.errors import (
@@ -99,6 +101,8 @@ class JobEnv:
     publish: Callable[[Path], Awaitable[None]] | None = None
     #: when this run's tasks tend to be ready: times each new task's first poll
     readiness: ReadinessEstimate | None = None
+    #: set once `readiness` knows anything: wakes the tasks waiting for it
+    readiness_learned: asyncio.Event | None = None
 
 
 class _SubmitsHalted(Exception):
@@ -133,9 +137,18 @@ class Job:
     runner acts on. A job that raised would take its siblings down with it.
     """
 
-    def __init__(self, env: JobEnv, item: WorkItem) -> None:
+    def __init__(
+        self,
+        env: JobEnv,
+        item: WorkItem,
+        *,
+        generated: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._env = env
         self._item = item
+        #: awaited once the job's task has finished generating, before its
+        #: images are downloaded (the runner moves it to a download slot)
+        self._generated = generated
         self.spec = item.job
         #: the task this job is known by, once there is one
         self.taskid: str | None = item.taskid
@@ -166,6 +179,8 @@ class Job:
 
     async def _lifecycle(self) -> JobEnd:
         if self._item.urls:
+            if self._generated is not None:
+                await self._generated()
             return await self._fetch_generated(self._item.urls)
         resumed = self.taskid is not None
         urls: Sequence[str] = ()
@@ -179,6 +194,8 @@ class Job:
             if isinstance(polled, JobEnd):
                 return polled
             urls = polled
+        if self._generated is not None:
+            await self._generated()
         return await self._collect(urls)
 
     # -- submit ----------------------------------------------------------------
@@ -341,45 +358,43 @@ class Job:
         taskid = self.taskid
         assert taskid is not None
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        interval = env.poll_interval
-        readiness = env.readiness
-        # A fresh task is first polled when this run's tasks have tended to be
-        # ready (see engine.readiness); later polls keep to a timeline counted
-        # from the submit (t0 + k * interval), so a slow poll response does
-        # not push every later poll back.
-        if poll_first:
-            next_poll = started
-        elif readiness is not None:
-            next_poll = started + readiness.first_poll(interval)
-        else:
-            next_poll = started + interval
-        first = True
-        while True:
-            wait = next_poll - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            sent = loop.time()
-            result, _ = await env.retrier.call(
-                functools.partial(env.api.poll, taskid),
-                what="poll",
-                job_id=self.spec.job_id,
-            )
-            if result.done or result.failed:
-                if readiness is not None and not poll_first:
-                    readiness.observe(sent - started)
-                return result
-            now = loop.time()
-            if first and not poll_first and readiness is not None:
-                # the probe came early: back to the timeline's next point
-                first = False
-                elapsed = now - started
-                next_poll = started + (elapsed // interval + 1) * interval
-                continue
-            first = False
-            interval = next_poll_interval(now - started, interval, env.poll_interval)
-            # never two polls back to back after a stall
-            next_poll = max(next_poll + interval, now + interval / 2)
+        clock = PollClock.start(
+            loop.time(), env.poll_interval, env.readiness, poll_first=poll_first
+        )
+        try:
+            while True:
+                wait = clock.next_at - loop.time()
+                if wait > 0:
+                    if clock.waiting:
+                        await self._until_learned(wait)
+                    else:
+                        await asyncio.sleep(wait)
+                if clock.learn() and clock.next_at > loop.time():
+                    continue
+                sent = loop.time()
+                result, _ = await env.retrier.call(
+                    functools.partial(env.api.poll, taskid),
+                    what="poll",
+                    job_id=self.spec.job_id,
+                )
+                if result.done or result.failed:
+                    clock.settled(sent)
+                    if env.readiness_learned is not None and clock.readiness:
+                        env.readiness_learned.set()
+                    return result
+                clock.not_yet(sent, loop.time())
+        finally:
+            clock.close()
+
+    async def _until_learned(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if the run learns when tasks are ready."""
+        learned = self._env.readiness_learned
+        if learned is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await learned.wait()
 
     # -- download --------------------------------------------------------------
 

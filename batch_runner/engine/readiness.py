@@ -3,6 +3,13 @@
 A fixed first poll is wrong both ways: too late on a fast server, wasted polls
 on a slow one. The estimate is a low quantile of recent readiness, never below
 a small floor.
+
+Until the first task is seen ready nothing is known, and the first wave of a
+run (hundreds of tasks submitted at once) would all poll at the interval to
+find out: at 500 tasks, a 0.5 s interval and 5 s generation, 5,000 polls that
+all say "not yet". Instead a few scouts poll at the interval and the others
+wait for what the first of them learns, polling on their own only on a
+doubling schedule in case the scouts are slow.
 """
 
 from __future__ import annotations
@@ -22,6 +29,15 @@ PROBE_FACTOR = 0.9
 #: tasks of a steady length are found ready at their first poll. More than
 #: 1 / READY_QUANTILE of the window must be probes for the quantile to move down.
 PROBE_EVERY = 5
+#: while nothing is known, at most this many tasks poll at the interval, each
+#: a quarter interval out of step with the last, so that together they see the
+#: first task ready within a quarter interval of it
+SCOUTS = 4
+#: ... and the others poll on their own after 4, 8, 16 ... intervals (at most
+#: WAITING_MAX_INTERVALS apart) until a scout, or one of them, sees a task
+#: ready: a backstop for scouts whose tasks are slow, not the usual way
+WAITING_FIRST_INTERVALS = 4
+WAITING_MAX_INTERVALS = 16
 #: recent observations kept; the estimate is refreshed every `REFRESH` of them
 WINDOW = 256
 REFRESH = 16
@@ -46,6 +62,25 @@ class ReadinessEstimate:
     _since_refresh: int = 0
     _estimate: float | None = None
     _asked: int = 0
+    _scouts: int = 0
+
+    @property
+    def known(self) -> bool:
+        """Whether any task of this run has been seen finished yet."""
+        return self._estimate is not None
+
+    def enlist_scout(self) -> float | None:
+        """While nothing is known: whether a new task should poll at the
+        interval to find out, and if so at what phase (a fraction of the
+        interval, for its first poll; call `scout_done` when it stops polling),
+        or None: wait (see `waiting_poll`)."""
+        if self._scouts >= SCOUTS:
+            return None
+        self._scouts += 1
+        return self._scouts / SCOUTS
+
+    def scout_done(self) -> None:
+        self._scouts -= 1
 
     def observe(self, seconds: float) -> None:
         seen = self._seen
@@ -70,3 +105,10 @@ class ReadinessEstimate:
         if self._asked % PROBE_EVERY == 0:
             return max(FIRST_POLL_FLOOR, PROBE_FACTOR * self._estimate)
         return self._estimate
+
+
+def waiting_poll(polls: int, interval: float) -> float:
+    """Seconds until the next poll of a task that waits for the scouts, after
+    `polls` polls of its own: 4, 8, 16 ... intervals, at most
+    WAITING_MAX_INTERVALS. A backstop only: the scouts normally learn first."""
+    return interval * min(WAITING_FIRST_INTERVALS * 2.0**polls, WAITING_MAX_INTERVALS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -106,8 +107,24 @@ class ConcurrencyGate:
             self._freed.set()
 
 
+@dataclass(slots=True)
+class _Lease:
+    """What one job holds: a generation slot until its task has finished,
+    then a download slot."""
+
+    generating: bool = True
+    downloading: bool = False
+
+
 class Runner:
-    """Runs work items against an Api, writing every outcome to the ledger."""
+    """Runs work items against an Api, writing every outcome to the ledger.
+
+    `concurrency` bounds the tasks generating at once. A job whose task has
+    finished moves to one of as many download slots and frees its generation
+    slot, so the next submit goes out while the images come down: on a
+    latency-bound run every cycle of a slot would otherwise pay the download,
+    the image write and the ledger line on top of the generation.
+    """
 
     def __init__(
         self,
@@ -137,6 +154,9 @@ class Runner:
         self._slots = ConcurrencyGate(
             self._aimd.limit if self._aimd else options.concurrency
         )
+        self._downloads = ConcurrencyGate(
+            options.max_concurrency if options.adaptive else options.concurrency
+        )
         self._env = JobEnv(
             api=api,
             ledger=ledger,
@@ -160,6 +180,7 @@ class Runner:
             transcoder=transcoder,
             publish=publish,
             readiness=ReadinessEstimate(),
+            readiness_learned=asyncio.Event(),
         )
         self._phase = Phase.RUNNING
         self._inflight: set[asyncio.Task[None]] = set()
@@ -296,13 +317,21 @@ class Runner:
             if self._phase >= Phase.STOPPING:
                 self._slots.release()
                 return
-            task = asyncio.create_task(self._run_item(item), name=item.job.job_id)
+            lease = _Lease()
+            task = asyncio.create_task(
+                self._run_item(item, lease), name=item.job.job_id
+            )
             self._inflight.add(task)
-            task.add_done_callback(self._job_finished)
+            # a done callback, not a `finally`: a task cancelled before its
+            # first step never runs its body
+            task.add_done_callback(functools.partial(self._job_finished, lease))
 
-    def _job_finished(self, task: asyncio.Task[None]) -> None:
+    def _job_finished(self, lease: _Lease, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self._slots.release()
+        if lease.generating:
+            self._slots.release()
+        if lease.downloading:
+            self._downloads.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("job task crashed", exc_info=task.exception())
 
@@ -312,8 +341,17 @@ class Runner:
 
     # -- one job's outcome -------------------------------------------------------
 
-    async def _run_item(self, item: WorkItem) -> None:
-        job = Job(self._env, item)
+    async def _run_item(self, item: WorkItem, lease: _Lease) -> None:
+        async def generated() -> None:
+            if not lease.generating:
+                return
+            await self._downloads.acquire()
+            # no await from here on: the lease always says what is held
+            lease.downloading = True
+            lease.generating = False
+            self._slots.release()
+
+        job = Job(self._env, item, generated=generated)
         try:
             end = await job.run()
         finally:

@@ -144,6 +144,12 @@ class SimulatorStats:
     submits_total: int = 0
     tasks_created: int = 0
     polls_total: int = 0
+    #: polls answered "not finished yet" (queued or running)
+    polls_early: int = 0
+    #: finished tasks polled at least once since they finished, and the summed
+    #: seconds from finishing to that first poll: how late clients notice
+    tasks_found_done: int = 0
+    found_done_delay_s: float = 0.0
     downloads_total: int = 0
     downloads_with_auth: int = 0
     faults_injected: dict[str, int] = field(default_factory=dict)
@@ -171,6 +177,7 @@ class SimTask:
     done_at: float
     failed: bool
     images: dict[int, bytes] = field(default_factory=dict)
+    found_done: bool = False
 
     def status(self, now: float) -> int:
         if now >= self.done_at:
@@ -558,6 +565,13 @@ async def _poll(request: web.Request) -> web.Response:
                 {"code": 9999, "msg": "task not found"}, status=404
             )
         return _envelope(200, 9999, "task not found")
+    now = time.monotonic()
+    if now < task.done_at:
+        st.polls_early += 1
+    elif not task.found_done:
+        task.found_done = True
+        st.tasks_found_done += 1
+        st.found_done_delay_s += now - task.done_at
     return _envelope(200, 1000, "OK", _task_data(request, state, task))
 
 
