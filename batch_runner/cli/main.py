@@ -161,7 +161,8 @@ def _add_run_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--concurrency",
         type=t.concurrency,
         default=8,
-        help="max jobs in flight, or 'auto' to find the API's limit by AIMD "
+        help="max tasks generating at once (finished ones download in as many "
+        "slots of their own), or 'auto' to find the API's limit by AIMD "
         "(default 8)",
     )
     add(
