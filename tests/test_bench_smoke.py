@@ -97,8 +97,9 @@ def test_scale_files_match_the_runner(tmp_path: Path) -> None:
     # run_scale checks the printed plan and status counts itself
     res = scale.run_scale(40, runs=1, cache=tmp_path)
     assert [r["command"] for r in res["results"]] == [
-        "plan (run --dry-run)",
-        "status --json",
+        f"{command}, {state}"
+        for command in ("plan (run --dry-run)", "status --json")
+        for state in scale.STATES
     ]
     assert res["ledger_lines"] == 40
     res = scale.run_scale(40, runs=1, cache=tmp_path, explicit_ids=True)

@@ -342,6 +342,7 @@ async def _run_async(s: _Settings) -> RunResult:
             rerun_changed=s.rerun_changed,
             shard=s.shard,
             download=s.options.download,
+            write_key_cache=True,
         )
         counts, state = survey.counts, survey.state
         _refuse_changed(s, counts)
@@ -377,6 +378,7 @@ def _run_here(
             rerun_changed=s.rerun_changed,
             shard=s.shard,
             download=s.options.download,
+            write_key_cache=True,
         )
         counts, state = survey.counts, survey.state
         _refuse_changed(s, counts)

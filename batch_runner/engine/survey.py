@@ -21,6 +21,7 @@ from batch_runner.engine.result import Plan
 from batch_runner.engine.sharding import Shard, as_shard
 from batch_runner.errors import ChangedJobsError, StoreError, UsageError
 from batch_runner.manifest.items import JobItems, Jobs, job_source
+from batch_runner.manifest.key_cache import key_cache_path
 from batch_runner.manifest.reader import (
     ManifestSource,
     ManifestSummary,
@@ -110,10 +111,12 @@ def _survey(
     rerun_changed: bool = False,
     shard: Shard | None,
     download: bool = True,
+    write_key_cache: bool = False,
 ) -> _Survey:
     """Read the ledger, then validate every job and count the plan in one pass
     (millions of rows), comparing each job's parameters with its last record;
-    raises ManifestError before anything is sent."""
+    raises ManifestError before anything is sent. `write_key_cache`: a run,
+    which holds the lock, leaves the manifest's keys for later plans."""
     # the snapshot a run leaves and the ledger's tail: the whole ledger's state
     state = read_resume_state(run_dir.ledger)
     for warning in state.warnings:
@@ -125,7 +128,12 @@ def _survey(
         download=download,
         rerun_changed=rerun_changed,
     )
-    summary = validate_manifest(source, on_job_params=count)
+    summary = validate_manifest(
+        source,
+        on_job_params=count,
+        key_cache=key_cache_path(run_dir.ledger),
+        write_key_cache=write_key_cache,
+    )
     if count.unsettled:
         count.settle(recorded_params(run_dir.ledger, count.unsettled))
     for warning in summary.warnings:

@@ -12,10 +12,11 @@ import os
 from collections.abc import Callable, Collection, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from batch_runner.errors import ManifestError
-from batch_runner.manifest.csv_keys import KeyBlock, csv_keyed_rows
+from batch_runner.manifest.csv_keys import KeyBlock
 from batch_runner.manifest.csv_rows import CSV_COLUMNS, META_PREFIX, _csv_rows
 from batch_runner.manifest.fields import (
     DEFAULT_KEYS,
@@ -32,6 +33,7 @@ from batch_runner.manifest.fields import (
 from batch_runner.manifest.identity import derive_job_id
 from batch_runner.manifest.items import JobItems
 from batch_runner.manifest.jsonl_rows import _jsonl_rows
+from batch_runner.manifest.key_cache import cached_keyed_rows
 from batch_runner.manifest.keys import job_key, key_id
 from batch_runner.manifest.matrix import MAX_MATRIX_JOBS, Matrix
 from batch_runner.manifest.params import JobParams
@@ -123,6 +125,8 @@ def validate_manifest(
     *,
     on_job_params: Callable[[str, JobParams | None], None] | KeyedJobSink | None = None,
     on_job_key: KeyedJobSink | None = None,
+    key_cache: Path | None = None,
+    write_key_cache: bool = False,
 ) -> ManifestSummary:
     """Read and check every row of the manifest; raise the first ManifestError.
 
@@ -133,13 +137,17 @@ def validate_manifest(
     therefore cannot have other parameters under the same id. `on_job_key`
     (or a `KeyedJobSink` given as `on_job_params`) gets each job's key instead
     of its id, which spares a million-row manifest a million id strings.
+    `key_cache`: where a CSV's job keys are cached between plans of the same
+    bytes (`manifest.key_cache`), read if it is of these bytes and, with
+    `write_key_cache` (a run, under its lock), written if not; None reads the
+    CSV every time.
     """
     if on_job_key is None and isinstance(on_job_params, KeyedJobSink):
         on_job_key, on_job_params = on_job_params, None
     by_id = on_job_params if not isinstance(on_job_params, KeyedJobSink) else None
     source = _source(path)
     check = _Validation(source, on_job, by_id, on_job_key)
-    for item in _keyed(source):
+    for item in _keyed(source, key_cache, write_key_cache):
         if isinstance(item, KeyBlock):
             if check.fresh_block(item.keys):
                 continue
@@ -461,7 +469,9 @@ def _duplicate_warnings(
 # --- rows -> jobs -------------------------------------------------------------
 
 
-def _keyed(source: _Source) -> Iterator[_KeyedJob | KeyBlock]:
+def _keyed(
+    source: _Source, key_cache: Path | None = None, write_key_cache: bool = False
+) -> Iterator[_KeyedJob | KeyBlock]:
     """`_expanded` as keys: `(line, key, explicit id or None, its parameters
     if explicit, source matrix)` per job, before deduplication. A CSV file is
     read by `csv_keys`, which hashes derived ids straight into keys."""
@@ -479,7 +489,7 @@ def _keyed(source: _Source) -> Iterator[_KeyedJob | KeyBlock]:
                 row.source_matrix,
             )
         return
-    yield from csv_keyed_rows(source)
+    yield from cached_keyed_rows(source, key_cache, write=write_key_cache)
 
 
 def _expanded(source: _Source) -> Iterator[tuple[_Row, str, int | None, bool]]:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from batch_runner.manifest.key_cache import key_cache_path
 from batch_runner.manifest.keys import DERIVED_LIMIT, job_key, key_id
 from batch_runner.manifest.params import JobParams
 from batch_runner.manifest.reader import (
@@ -361,7 +362,7 @@ def _count_manifest(
     count = _ManifestCount(
         scan.states, scan.params if scan.params is not None else ParamsIndex(), keep
     )
-    validate_manifest(manifest, on_job_key=count)
+    validate_manifest(manifest, on_job_key=count, key_cache=key_cache_path(ledger))
     changed = count.changed
     if count.unsettled:
         recorded = recorded_params(ledger, count.unsettled)
