@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -406,11 +407,10 @@ def _fields(options: RunOptions) -> dict[str, Any]:
     return {name: getattr(options, name) for name in options.__slots__}
 
 
-async def test_first_poll_follows_the_runs_observed_readiness(tmp_path: Path) -> None:
-    """Tasks that take 0.2 s are, once the run has seen a few, first polled just
-    before they are ready instead of every 20 ms from the submit: under half the
-    polls of the fixed timeline (about 10 per job)."""
-    loop = asyncio.get_running_loop()
+def _ready_after(
+    seconds: float, loop: asyncio.AbstractEventLoop
+) -> Callable[[FakeRequest], FakeAnswer]:
+    """A server whose tasks are done `seconds` after their submit."""
     submitted: dict[str, float] = {}
 
     def handler(request: FakeRequest) -> FakeAnswer:
@@ -421,11 +421,19 @@ async def test_first_poll_follows_the_runs_observed_readiness(tmp_path: Path) ->
             return SubmitResult(taskid, (), 1000, "ok")
         if request.kind == "poll":
             assert request.taskid is not None
-            if loop.time() - submitted[request.taskid] < 0.2:
+            if loop.time() - submitted[request.taskid] < seconds:
                 return PollResult(2, (), "", 1000, "processing")
             return PollResult(3, (f"mem://{request.taskid}",), "", 1000, "ok")
         return png(1, 1)
 
+    return handler
+
+
+async def test_first_poll_follows_the_runs_observed_readiness(tmp_path: Path) -> None:
+    """Tasks that take 0.2 s are, once the run has seen a few, first polled just
+    before they are ready instead of every 20 ms from the submit: under half the
+    polls of the fixed timeline (about 10 per job)."""
+    handler = _ready_after(0.2, asyncio.get_running_loop())
     h = Harness(tmp_path, handler, dataclasses.replace(OPTS, poll_interval=0.02))
     result = await h.run(items(12))
     assert result.succeeded == 12
@@ -439,22 +447,7 @@ async def test_the_first_wave_sends_scouts_instead_of_polling_every_task(
     10 ms poll interval: polling every task would cost about 25 polls each
     (1,000). A few scouts poll every interval; the rest wait for what they
     learn, polling on their own only at 4, 8 and 16 intervals meanwhile."""
-    loop = asyncio.get_running_loop()
-    submitted: dict[str, float] = {}
-
-    def handler(request: FakeRequest) -> FakeAnswer:
-        if request.kind == "submit":
-            assert request.job is not None
-            taskid = f"t-{request.job.job_id}"
-            submitted[taskid] = loop.time()
-            return SubmitResult(taskid, (), 1000, "ok")
-        if request.kind == "poll":
-            assert request.taskid is not None
-            if loop.time() - submitted[request.taskid] < 0.25:
-                return PollResult(2, (), "", 1000, "processing")
-            return PollResult(3, (f"mem://{request.taskid}",), "", 1000, "ok")
-        return png(1, 1)
-
+    handler = _ready_after(0.25, asyncio.get_running_loop())
     options = dataclasses.replace(OPTS, concurrency=40, poll_interval=0.01)
     h = Harness(tmp_path, handler, options)
     result = await h.run(items(40))

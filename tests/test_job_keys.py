@@ -249,6 +249,19 @@ _layouts = st.sampled_from(
 )
 
 
+def csv_lines(
+    layout: tuple[str, ...], rows: list[list[str]], data: st.DataObject
+) -> list[str]:
+    """A header and rows of drawn cells, some padded or cut to the header's width."""
+    width = len(layout)
+    lines = [",".join(layout)]
+    for cells in rows:
+        if data.draw(st.booleans()):
+            cells = (cells + ["a prompt"] * width)[:width]
+        lines.append(",".join(cells))
+    return lines
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     layout=_layouts,
@@ -265,12 +278,7 @@ def test_fast_csv_reader_equals_the_plain_one(
 ) -> None:
     """Every job (line, key, id, parameters) or the very same error, whatever
     the rows: quotes, blanks, odd seeds, wrong widths, repeat, CRLF."""
-    width = len(layout)
-    lines = [",".join(layout)]
-    for cells in rows:
-        if data.draw(st.booleans()):
-            cells = (cells + ["a prompt"] * width)[:width]
-        lines.append(",".join(cells))
+    lines = csv_lines(layout, rows, data)
     path = tmp_path_factory.mktemp("csv") / "m.csv"
     path.write_text(newline.join(lines) + newline, encoding="utf-8")
     assert _outcome(_fast, path) == _outcome(_reference, path)

@@ -22,7 +22,7 @@ from batch_runner.manifest.key_cache import (
     key_cache_path,
 )
 
-from .test_job_keys import _cell, _layouts
+from .test_job_keys import _cell, _layouts, csv_lines
 
 
 def _items(rows: object) -> list[object]:
@@ -73,12 +73,7 @@ def test_a_cached_read_equals_a_parse_whatever_the_rows(
 ) -> None:
     """First read (a miss that may write the cache) and second read (a hit if
     it was written) both give exactly the parse's items, or its error."""
-    width = len(layout)
-    lines = [",".join(layout)]
-    for cells in rows:
-        if data.draw(st.booleans()):
-            cells = (cells + ["a prompt"] * width)[:width]
-        lines.append(",".join(cells))
+    lines = csv_lines(layout, rows, data)
     where = tmp_path_factory.mktemp("kc")
     path = where / "m.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

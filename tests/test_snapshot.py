@@ -403,6 +403,8 @@ def test_a_long_tail_is_left_to_the_snapshot_command(
     assert not snapshot_path(ledger).exists()
     with RunLock(ledger.parent):
         assert main(["snapshot", str(ledger.parent)]) == 4
+    err = capsys.readouterr().err
+    assert "try again when it has finished" in err and "--out" not in err
     assert not snapshot_path(ledger).exists()
     assert main(["snapshot", str(ledger.parent)]) == 0
     assert capsys.readouterr().out.strip() == str(snapshot_path(ledger))

@@ -73,9 +73,9 @@ class FileLock:
 class RunLock(FileLock):
     """The lock of a run directory: `DIR/.lock`."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, hint: str | None = None) -> None:
         super().__init__(
             run_dir / LOCK_NAME,
             what=f"run directory {run_dir}",
-            hint="wait for it to finish or use another --out",
+            hint=hint or "wait for it to finish or use another --out",
         )

@@ -93,18 +93,19 @@ class RunDir:
         """Present in a merge's output: the inputs merged into it so far."""
         return self.root / MERGE_MARKER_NAME
 
-    def lock(self) -> contextlib.ExitStack:
+    def lock(self, *, hint: str | None = None) -> contextlib.ExitStack:
         """Hold the run directory *and* the ledger for the length of a `with` block.
 
         The ledger needs a lock of its own because `--ledger` can point two run
         directories at one ledger; locking only the directory let two runs
         append to the same ledger and pay twice for every job. Raises
-        RunLockedError at once (never waits) if another process holds either.
+        RunLockedError at once (never waits) if another process holds either;
+        `hint` replaces what its message advises (a run's: another --out).
         """
         stack = contextlib.ExitStack()
         with stack:
-            run_lock = stack.enter_context(RunLock(self.root))
-            guard = ledger_lock(self.ledger)
+            run_lock = stack.enter_context(RunLock(self.root, hint=hint))
+            guard = ledger_lock(self.ledger, hint=hint)
             # the usual case: the ledger is this directory's own, under its lock
             if os.path.realpath(guard.path) != os.path.realpath(run_lock.path):
                 stack.enter_context(guard)
@@ -119,7 +120,7 @@ class RunDir:
             shutil.rmtree(self.incoming, ignore_errors=True)
 
 
-def ledger_lock(ledger: Path) -> FileLock:
+def ledger_lock(ledger: Path, *, hint: str | None = None) -> FileLock:
     """The lock that guards a ledger file.
 
     A file named `ledger.jsonl` is its directory's ledger, so it shares that
@@ -134,7 +135,7 @@ def ledger_lock(ledger: Path) -> FileLock:
     return FileLock(
         real.with_name(name),
         what=f"ledger {ledger}",
-        hint="wait for it to finish or use another --ledger",
+        hint=hint or "wait for it to finish or use another --ledger",
     )
 
 

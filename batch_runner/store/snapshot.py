@@ -482,5 +482,7 @@ def snapshot_run(
     run_dir = RunDir(out, ledger=ledger)
     if not run_dir.ledger.is_file():
         raise LedgerError(f"no ledger at {run_dir.ledger}")
-    with run_dir.lock():
+    # a run that holds the lock brings the snapshot up to date itself at its
+    # end (for up to RUN_MAX_TAIL of new ledger); the rest can wait for it
+    with run_dir.lock(hint="try again when it has finished"):
         return write_snapshot(run_dir.ledger)
