@@ -50,7 +50,9 @@ def plot(sweep: dict[str, Any], env: dict[str, Any], out: Path) -> Path:
     ax.xaxis.set_major_locator(FixedLocator(concurrencies))
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("concurrency (the runner: tasks generating; the others: jobs in flight)")
+    ax.set_xlabel(
+        "concurrency (the runner: tasks generating; the others: jobs in flight)"
+    )
     ax.set_ylabel("jobs/s (wall clock, incl. start-up)")
     ax.set_title(
         f"Throughput vs concurrency: {sweep['jobs']:,} jobs, generation time 0, "
