@@ -25,7 +25,7 @@ as an N-job YAML manifest (prompt, seed, meta mapping) next to the CSV: YAML is
 streamed too, goal a few seconds and < 120 MB at 100,000 jobs.
 
     python bench/scale.py [--rows 1000000] [--runs 2] [--explicit-ids]
-                          [--no-snapshot]
+                          [--no-snapshot] [--attempt-log]
     python bench/scale.py --yaml-jobs 100000 [--runs 2]
 """
 
@@ -163,17 +163,44 @@ def write_id_manifest(path: Path, rows: int, *, tag: str) -> Path:
     return path
 
 
+def ensure_attempt_log(files: ScaleFiles, *, wanted: bool) -> None:
+    """Give the run dir the attempt log a real run leaves (one attempt per
+    submitted job, answered by its "submitted" record), or none."""
+    attempts = files.run_dir / "attempts.jsonl"
+    if not wanted:
+        attempts.unlink(missing_ok=True)
+        return
+    if attempts.exists():
+        return
+    tmp = attempts.with_suffix(".tmp")
+    with tmp.open("w") as out:
+        chunk: list[str] = []
+        for n, job in enumerate(iter_jobs(files.manifest)):
+            if n >= files.done_jobs:
+                break
+            line = {"job_id": job.job_id, "run": "bench-run", "n": 1, "ts": "t"}
+            chunk.append(json.dumps(line, separators=(",", ":")) + "\n")
+            if len(chunk) >= 20_000:
+                out.write("".join(chunk))
+                chunk.clear()
+        out.write("".join(chunk))
+    tmp.replace(attempts)
+
+
 def ensure_snapshot(ledger: Path, *, snapshot: bool) -> float:
     """Leave the resume snapshot a run writes at its end (`snapshot`), or none
-    (the first plan of a ledger an old version wrote). Returns the seconds
-    writing it took (0 when it was there)."""
+    (the first plan of a ledger an old version wrote); with an attempt log
+    beside the ledger, with its audit mark. Returns the seconds writing it
+    took (0 when it was there)."""
     if not snapshot:
         snapshot_path(ledger).unlink(missing_ok=True)
         return 0.0
-    if load_snapshot(ledger) is not None:
+    attempts = ledger.with_name("attempts.jsonl")
+    snap = load_snapshot(ledger)
+    if snap is not None and (snap.header.audit is not None or not attempts.exists()):
         return 0.0
     started = time.perf_counter()
-    if not write_snapshot(ledger):
+    if not write_snapshot(ledger, attempts=attempts if attempts.exists() else None):
         raise BenchError(f"could not write the snapshot of {ledger}")
     return time.perf_counter() - started
 
@@ -189,10 +216,14 @@ def run_scale(
     *,
     explicit_ids: bool = False,
     snapshot: bool = True,
+    attempt_log: bool = False,
 ) -> dict[str, Any]:
     """Measure the dry-run plan and `status` on the cached files; runs alternate.
-    With `snapshot`, the ledger has the resume snapshot a run leaves."""
+    With `snapshot`, the ledger has the resume snapshot a run leaves; with
+    `attempt_log`, the run dir has the attempt log a run leaves, which
+    `status` audits the ledger against."""
     files, generated_s = prepare(rows, cache, explicit_ids=explicit_ids)
+    ensure_attempt_log(files, wanted=attempt_log)
     snapshot_s = ensure_snapshot(files.run_dir / "ledger.jsonl", snapshot=snapshot)
     commands = {
         "plan (run --dry-run)": [
@@ -244,6 +275,7 @@ def run_scale(
         "rows": rows,
         "explicit_ids": explicit_ids,
         "snapshot": snapshot,
+        "attempt_log": attempt_log,
         "ledger_lines": files.ledger_lines,
         "manifest_mb": round(files.manifest.stat().st_size / 2**20, 1),
         "ledger_mb": round((files.run_dir / "ledger.jsonl").stat().st_size / 2**20, 1),
@@ -338,6 +370,12 @@ def main() -> None:
         help="remove the ledger's resume snapshot first: the whole ledger is read",
     )
     p.add_argument(
+        "--attempt-log",
+        action="store_true",
+        help="give the run dir an attempt log, as a real run leaves (status "
+        "then audits the ledger against it)",
+    )
+    p.add_argument(
         "--yaml-jobs",
         type=int,
         metavar="N",
@@ -353,6 +391,7 @@ def main() -> None:
             args.cache,
             explicit_ids=args.explicit_ids,
             snapshot=not args.no_snapshot,
+            attempt_log=args.attempt_log,
         )
     print(json.dumps(result, indent=2))
 

@@ -102,6 +102,11 @@ def test_scale_files_match_the_runner(tmp_path: Path) -> None:
         for state in scale.STATES
     ]
     assert res["ledger_lines"] == 40
+    res = scale.run_scale(40, runs=1, cache=tmp_path, attempt_log=True)
+    assert (
+        res["attempt_log"]
+        and (tmp_path / "rows-40" / "run" / "attempts.jsonl").stat().st_size
+    )
     res = scale.run_scale(40, runs=1, cache=tmp_path, explicit_ids=True)
     assert res["explicit_ids"] and res["ledger_lines"] == 40
 

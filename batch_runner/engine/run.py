@@ -355,7 +355,10 @@ async def _run_async(s: _Settings) -> RunResult:
         else:
             await asyncio.to_thread(refresh_metadata, s.run_dir)
         await asyncio.to_thread(
-            functools.partial(write_snapshot, max_tail=RUN_MAX_TAIL), s.run_dir.ledger
+            functools.partial(
+                write_snapshot, max_tail=RUN_MAX_TAIL, attempts=s.run_dir.attempts
+            ),
+            s.run_dir.ledger,
         )
         return _result(s, tally, the_plan, started, bucket)
 
@@ -389,7 +392,9 @@ def _run_here(
             runner.run(refresh_bucket_metadata(s.run_dir, bucket))
         else:
             refresh_metadata(s.run_dir)
-        write_snapshot(s.run_dir.ledger, max_tail=RUN_MAX_TAIL)
+        write_snapshot(
+            s.run_dir.ledger, max_tail=RUN_MAX_TAIL, attempts=s.run_dir.attempts
+        )
         return _result(s, tally, the_plan, started, bucket)
 
 

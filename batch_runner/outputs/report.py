@@ -29,6 +29,13 @@ from batch_runner.manifest.reader import (
     validate_manifest,
 )
 from batch_runner.outputs.audit import suspected_duplicate_submits
+from batch_runner.store.audit_mark import (
+    AuditMark,
+    attempt_records,
+    matches,
+    merged,
+    outcome_of,
+)
 from batch_runner.store.jobmap import (
     FAILED,
     GENERATED,
@@ -43,7 +50,6 @@ from batch_runner.store.ledger import (
     head_is_generated,
     iter_head_blocks,
     iter_records,
-    ledger_lines,
     loads,
     recorded_params,
 )
@@ -150,31 +156,42 @@ class _Scan:
     outcomes: list[dict[str, Any]] = field(default_factory=list)
     #: what each job was last run with, when a manifest is to be compared
     params: ParamsIndex | None = None
+    #: the snapshot's audit of the lines before it, when the scan started there
+    mark: AuditMark | None = None
 
 
 def _scan(
     path: Path,
     status: RunStatus,
     *,
-    audit: bool,
+    audit: Path | None,
     params: bool,
     stop: int | None = None,
 ) -> _Scan:
     """One pass over the ledger (up to byte `stop`, if given); with a resume
     snapshot that matches it (`store.snapshot`), over its tail only, the
-    snapshot standing for the rest. The audit needs every record: no snapshot."""
+    snapshot standing for the rest. `audit`, the attempt log to audit the
+    ledger's submits against: the snapshot is used only if its audit mark
+    matches that log (`store.audit_mark`, kept in `scan.mark`); otherwise
+    the audit needs every record."""
     scan = _Scan(params=ParamsIndex() if params else None)
     totals = Totals()
-    snap = None if audit else load_snapshot(path, stop=stop)
+    snap = load_snapshot(path, stop=stop)
+    if audit is not None and snap is not None:
+        if stop is None and matches(snap.header.audit, audit):
+            scan.mark = snap.header.audit
+        else:
+            snap = None
     start = 0
     if snap is not None:
         scan.states.load_packed(snap.packed, SUCCEEDED)
         with snap.reduced() as lines:
-            _fold_scan(scan, head_blocks(lines), audit, Totals())
+            # reduced lines keep no submit outcomes: the mark has their audit
+            _fold_scan(scan, head_blocks(lines), False, Totals())
         h = snap.header
         totals = Totals(h.status_records, h.unreadable, h.first_ts, h.last_ts)
         start = h.ledger_end
-    _fold_scan(scan, iter_head_blocks(path, start, stop), audit, totals)
+    _fold_scan(scan, iter_head_blocks(path, start, stop), audit is not None, totals)
     status.records, status.unreadable_lines = totals.records, totals.unreadable
     status.first_ts, status.last_ts = totals.first_ts, totals.last_ts
     scan.states.freeze()
@@ -252,15 +269,10 @@ def _note_head(scan: _Scan, head: RecordHead, audit: bool) -> None:
         _note_files(scan, key, head)
     elif scan.files_of:
         scan.files_of.pop(key, None)
-    if audit and head.attempts is not None:
-        scan.outcomes.append(
-            {
-                "job_id": job_id,
-                "run": head.run,
-                "attempts": head.attempts,
-                "uncertain": head.uncertain,
-            }
-        )
+    if audit:
+        outcome = outcome_of(head)
+        if outcome is not None:
+            scan.outcomes.append(outcome)
 
 
 def _note_files(scan: _Scan, key: int, head: RecordHead) -> None:
@@ -396,7 +408,7 @@ def run_status(
     status = RunStatus()
     run = RunDir(run_dir, ledger=ledger) if run_dir is not None else None
     attempts = run.attempts if run is not None else None
-    audit = attempts is not None and attempts.exists()
+    audit = attempts if attempts is not None and attempts.exists() else None
     scan = _scan(ledger, status, audit=audit, params=manifest is not None)
     failures: Iterable[tuple[str, str]] = scan.failures.values()
     if manifest is not None:
@@ -413,9 +425,14 @@ def run_status(
         images = run.images
         if images.is_dir():
             status.images_on_disk = _count_files(images)
-        if audit and attempts is not None:
-            status.suspected_duplicates = suspected_duplicate_submits(
-                scan.outcomes, _json_objects(ledger_lines(attempts))
+        if audit is not None:
+            mark = scan.mark
+            found = suspected_duplicate_submits(
+                scan.outcomes,
+                attempt_records(audit, mark.attempts_end if mark is not None else 0),
+            )
+            status.suspected_duplicates = (
+                merged(mark.suspects, found) if mark is not None else found
             )
     return status
 

@@ -33,18 +33,18 @@ import os
 import shutil
 import sys
 import tempfile
-import zlib
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 import msgspec
 
 from batch_runner.errors import LedgerError
 from batch_runner.manifest.keys import job_key
 from batch_runner.models import JobStatus
+from batch_runner.store.audit_mark import AuditMark, byte_checks, matches, take_mark
 from batch_runner.store.final_records import last_line
 from batch_runner.store.jobmap import SUCCEEDED
 from batch_runner.store.ledger import (
@@ -68,9 +68,6 @@ SNAPSHOT_NAME = ".resume-state"
 FORMAT = "batch-runner resume-state"
 #: bump on any change to what the snapshot holds or means
 VERSION = 1
-#: ledger bytes checked at the snapshot's end, and at the ledger's start
-_TAIL_CHECK = 64
-_HEAD_CHECK = 4096
 #: what a reduced line keeps of a record: what replay and `status` read
 _KEPT = (
     "job_id",
@@ -117,6 +114,10 @@ class Header(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     unreadable: int
     first_ts: str | None
     last_ts: str | None
+    #: the attempt log's offset and the duplicate-submit audit up to both
+    #: offsets (`store.audit_mark`); None without an attempt log, or when a
+    #: run's end could not take it incrementally
+    audit: AuditMark | None = None
 
 
 _HEADER_DECODER = msgspec.json.Decoder(Header)
@@ -147,15 +148,6 @@ def snapshot_path(ledger: Path) -> Path:
     return ledger.with_name(f".{ledger.name}{SNAPSHOT_NAME}")
 
 
-def _checks(fh: BinaryIO, end: int) -> tuple[int, int]:
-    """crc32 of the ledger's first bytes, and of the bytes just before `end`."""
-    fh.seek(0)
-    head = zlib.crc32(fh.read(min(_HEAD_CHECK, end)))
-    at = max(0, end - _TAIL_CHECK)
-    fh.seek(at)
-    return head, zlib.crc32(fh.read(end - at))
-
-
 def load_snapshot(ledger: Path, *, stop: int | None = None) -> Snapshot | None:
     """The ledger's snapshot, if there is one and it matches the ledger (and
     covers no more than `stop` bytes of it); None otherwise."""
@@ -181,7 +173,7 @@ def load_snapshot(ledger: Path, *, stop: int | None = None) -> Snapshot | None:
                 (st.st_dev, st.st_ino) != (header.dev, header.ino)
                 or st.st_size < end
                 or (stop is not None and end > stop)
-                or _checks(lf, end) != (header.head_crc, header.tail_crc)
+                or byte_checks(lf, end) != (header.head_crc, header.tail_crc)
             ):
                 log.debug(
                     "%s does not match %s: the whole ledger is read", path, ledger
@@ -231,7 +223,9 @@ def _fold_tail(
 # -- writing --------------------------------------------------------------------
 
 
-def write_snapshot(ledger: Path, *, max_tail: int | None = None) -> bool:
+def write_snapshot(
+    ledger: Path, *, max_tail: int | None = None, attempts: Path | None = None
+) -> bool:
     """Bring the ledger's snapshot up to its last whole line: from the snapshot
     there is and the ledger's tail, so it costs what the tail costs (the first
     one reads the whole ledger). Call it holding the ledger's lock: no line may
@@ -241,10 +235,15 @@ def write_snapshot(ledger: Path, *, max_tail: int | None = None) -> bool:
     Folding the tail holds every job in it (about 170 bytes each), so with
     `max_tail` a tail longer than that many bytes is left to the next call
     without it (`batch-runner snapshot DIR`): a run's own memory must not grow
-    with the number of jobs it did (RUN_MAX_TAIL)."""
+    with the number of jobs it did (RUN_MAX_TAIL).
+
+    With `attempts` (the run's attempt log) it also checkpoints the
+    duplicate-submit audit (`store.audit_mark`): from the previous mark and
+    the two tails, or, for a first snapshot or without `max_tail`, from the
+    start of both files."""
     target = snapshot_path(ledger)
     try:
-        return _write(ledger, target, max_tail)
+        return _write(ledger, target, max_tail, attempts)
     except (
         OSError,
         LedgerError,
@@ -269,18 +268,32 @@ class Totals:
     last_ts: str | None = None
 
 
-def _write(ledger: Path, target: Path, max_tail: int | None = None) -> bool:
+def _write(
+    ledger: Path,
+    target: Path,
+    max_tail: int | None = None,
+    attempts: Path | None = None,
+) -> bool:
     with ledger.open("rb") as fh:
         st = os.fstat(fh.fileno())
         # a torn last line is left to the tail, whose warning says it is torn
         end = last_line(fh)[1]
         if end == 0:
             return False
-        head_crc, tail_crc = _checks(fh, end)
+        head_crc, tail_crc = byte_checks(fh, end)
     prev = load_snapshot(ledger, stop=end)
     start = prev.header.ledger_end if prev is not None else 0
-    if prev is not None and start == end:
-        return False  # up to date
+    if (
+        prev is not None
+        and start == end
+        and (
+            max_tail is not None
+            or attempts is None
+            or not attempts.exists()
+            or matches(prev.header.audit, attempts)
+        )
+    ):
+        return False  # up to date (or a run's end, which never reads it all)
     if max_tail is not None and end - start > max_tail:
         log.info(
             "%s: not brought up to date (%.0f MB of ledger since it, over the "
@@ -291,6 +304,13 @@ def _write(ledger: Path, target: Path, max_tail: int | None = None) -> bool:
             ledger.parent,
         )
         return False
+    mark = None
+    if attempts is not None:
+        prev_mark = prev.header.audit if prev is not None else None
+        if matches(prev_mark, attempts):
+            mark = take_mark(ledger, attempts, prev_mark, start, end)
+        elif prev is None or max_tail is None:
+            mark = take_mark(ledger, attempts, None, 0, end)
     # what is counted over every line: the previous snapshot's, plus the tail's
     tail_state = _fold_tail(ledger, ResumeState(), start, end)
     totals = Totals()
@@ -325,6 +345,7 @@ def _write(ledger: Path, target: Path, max_tail: int | None = None) -> bool:
             unreadable=totals.unreadable,
             first_ts=totals.first_ts,
             last_ts=totals.last_ts,
+            audit=mark,
         )
         if sys.byteorder != "little":
             packed.byteswap()
@@ -485,4 +506,4 @@ def snapshot_run(
     # a run that holds the lock brings the snapshot up to date itself at its
     # end (for up to RUN_MAX_TAIL of new ledger); the rest can wait for it
     with run_dir.lock(hint="try again when it has finished"):
-        return write_snapshot(run_dir.ledger)
+        return write_snapshot(run_dir.ledger, attempts=run_dir.attempts)
