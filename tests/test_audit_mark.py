@@ -61,6 +61,17 @@ def _write_run(run_dir: Path, k: int, jobs: list[tuple[str, Any]]) -> None:
                 ledger.write(encode_record(record))
 
 
+def _scan_mark(run_dir: Path) -> object:
+    """The audit mark `status` starts from, None if it reads the whole ledger."""
+    scan = _scan(
+        run_dir / "ledger.jsonl",
+        RunStatus(),
+        audit=run_dir / "attempts.jsonl",
+        params=False,
+    )
+    return scan.mark
+
+
 def _suspects(run_dir: Path) -> dict[str, int]:
     return dict(run_status(run_dir / "ledger.jsonl", run_dir).suspected_duplicates)
 
@@ -94,13 +105,7 @@ def test_status_from_the_mark_names_the_whole_audits_suspects(
     snap = load_snapshot(run_dir / "ledger.jsonl")
     if snap is not None and snap.header.audit is not None:
         # the attempt log only grew since: the mark is what status starts from
-        scan = _scan(
-            run_dir / "ledger.jsonl",
-            RunStatus(),
-            audit=run_dir / "attempts.jsonl",
-            params=False,
-        )
-        assert scan.mark == snap.header.audit
+        assert _scan_mark(run_dir) == snap.header.audit
     snapshot_path(run_dir / "ledger.jsonl").unlink(missing_ok=True)
     assert with_snapshot == _suspects(run_dir)
 
@@ -121,13 +126,7 @@ def test_status_reads_only_the_tails_after_the_mark(tmp_path: Path) -> None:
     snap = load_snapshot(run_dir / "ledger.jsonl")
     assert snap is not None and snap.header.audit is not None
     assert snap.header.audit.suspects == {"a": 1, "b": 1}
-    scan = _scan(
-        run_dir / "ledger.jsonl",
-        RunStatus(),
-        audit=run_dir / "attempts.jsonl",
-        params=False,
-    )
-    assert scan.mark == snap.header.audit
+    assert _scan_mark(run_dir) == snap.header.audit
     assert _suspects(run_dir) == {"a": 1, "b": 1, "d": 1}
 
 
@@ -148,13 +147,7 @@ def test_an_attempt_log_that_no_longer_matches_is_audited_whole(
         edited = data.replace(b'"job_id": "a"', b'"job_id": "x"', 1)
         assert edited != data
         attempts.write_bytes(edited)
-    scan = _scan(
-        run_dir / "ledger.jsonl",
-        RunStatus(),
-        audit=attempts,
-        params=False,
-    )
-    assert scan.mark is None
+    assert _scan_mark(run_dir) is None
     expected = _suspects(run_dir)
     snapshot_path(run_dir / "ledger.jsonl").unlink()
     assert _suspects(run_dir) == expected

@@ -14,7 +14,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,7 +50,6 @@ from batch_runner.store.ledger import (
     head_is_generated,
     iter_head_blocks,
     iter_records,
-    loads,
     recorded_params,
 )
 from batch_runner.store.params import ParamsIndex
@@ -454,16 +453,6 @@ def _group_reasons(failures: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
         {"stage": stage, "msg": msg, "count": n, "example": examples[stage, msg]}
         for (stage, msg), n in counts.most_common()
     ]
-
-
-def _json_objects(lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
-    for raw in lines:
-        try:
-            rec = loads(raw)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(rec, dict):
-            yield rec
 
 
 def format_status(status: RunStatus, name: str) -> str:
