@@ -379,7 +379,10 @@ class Job:
                 )
                 if result.done or result.failed:
                     clock.settled(sent)
-                    if env.readiness_learned is not None and clock.readiness:
+                    if (
+                        env.readiness_learned is not None
+                        and clock.readiness is not None
+                    ):
                         env.readiness_learned.set()
                     return result
                 clock.not_yet(sent, loop.time())

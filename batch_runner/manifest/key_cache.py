@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from batch_runner.manifest.csv_keys import KeyBlock, KeyedRow, csv_keyed_rows
+from batch_runner.store.rundir import beside_ledger
 
 log = logging.getLogger("batch_runner")
 
@@ -61,9 +62,7 @@ _KEY_LIMIT = 1 << 64
 
 def key_cache_path(ledger: Path) -> Path:
     """Where the key cache of the run whose ledger is `ledger` lives: beside it."""
-    if ledger.name == "ledger.jsonl":
-        return ledger.with_name(KEY_CACHE_NAME)
-    return ledger.with_name(f".{ledger.name}{KEY_CACHE_NAME}")
+    return beside_ledger(ledger, KEY_CACHE_NAME)
 
 
 def _version() -> str:
@@ -102,7 +101,8 @@ def cached_keyed_rows(
     """`csv_keyed_rows(manifest)`, from `cache` when it holds this manifest's
     bytes; otherwise parsed, and with `write` left in `cache` for next time
     when it can be (see the module docstring). `cache` None: always parsed."""
-    if cache is None:
+    if cache is None or not (write or cache.is_file()):
+        # nothing to read and nothing to write: no need to hash the manifest
         yield from csv_keyed_rows(manifest)
         return
     before = _stat_key(manifest)

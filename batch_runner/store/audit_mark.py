@@ -21,7 +21,6 @@ truncated, edited where it is checked) sends `status` back to the whole.
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,11 +28,8 @@ from typing import Any, BinaryIO
 import msgspec
 
 from batch_runner.outputs.audit import suspected_duplicate_submits
-from batch_runner.store.ledger import RecordHead, iter_head_blocks, loads
-
-#: bytes checked at a file's start and just before a checkpoint's offset
-HEAD_CHECK = 4096
-TAIL_CHECK = 64
+from batch_runner.store.final_records import byte_checks, is_checkpointed, last_line
+from batch_runner.store.ledger import RecordHead, iter_head_blocks, loads, open_ledger
 
 
 class AuditMark(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -49,15 +45,6 @@ class AuditMark(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     suspects: dict[str, int]
 
 
-def byte_checks(fh: BinaryIO, end: int) -> tuple[int, int]:
-    """crc32 of a file's first bytes, and of the bytes just before `end`."""
-    fh.seek(0)
-    head = zlib.crc32(fh.read(min(HEAD_CHECK, end)))
-    at = max(0, end - TAIL_CHECK)
-    fh.seek(at)
-    return head, zlib.crc32(fh.read(end - at))
-
-
 def matches(mark: AuditMark | None, attempts: Path) -> bool:
     """Whether `attempts` is the attempt log `mark` was taken of, grown since
     or not (a missing one is not)."""
@@ -65,11 +52,8 @@ def matches(mark: AuditMark | None, attempts: Path) -> bool:
         return False
     try:
         with attempts.open("rb") as fh:
-            st = os.fstat(fh.fileno())
-            return (
-                (st.st_dev, st.st_ino) == (mark.dev, mark.ino)
-                and st.st_size >= mark.attempts_end
-                and byte_checks(fh, mark.attempts_end) == (mark.head_crc, mark.tail_crc)
+            return is_checkpointed(
+                fh, mark.attempts_end, mark.dev, mark.ino, mark.head_crc, mark.tail_crc
             )
     except OSError:
         return False
@@ -89,9 +73,8 @@ def outcome_of(head: RecordHead) -> dict[str, Any] | None:
 
 def attempt_records(attempts: Path, start: int = 0) -> Iterator[dict[str, Any]]:
     """The attempt log's objects from byte `start` on (unreadable lines skipped)."""
-    try:
-        fh = attempts.open("rb")
-    except FileNotFoundError:
+    fh = open_ledger(attempts)
+    if fh is None:
         return
     with fh:
         fh.seek(0, os.SEEK_END)
@@ -120,17 +103,14 @@ def take_mark(
     the ledger from `ledger_start` and of the attempt log from `prev`'s
     offset (or both from 0, with no `prev`), added to `prev`'s. Call it under
     the run's lock, like the snapshot. None if there is no attempt log."""
-    try:
-        fh = attempts.open("rb")
-    except FileNotFoundError:
+    fh = open_ledger(attempts)
+    if fh is None:
         return None
     with fh:
         st = os.fstat(fh.fileno())
-        # a torn last line (a run killed mid-write) is left to the tail
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
         start = prev.attempts_end if prev is not None else 0
-        end = _last_newline_end(fh, start, size)
+        # a torn last line (a run killed mid-write) is left to the tail
+        end = max(start, last_line(fh)[1])
         head_crc, tail_crc = byte_checks(fh, end)
         fh.seek(start)
         found = suspected_duplicate_submits(
@@ -170,19 +150,3 @@ def _records(fh: BinaryIO, length: int) -> Iterator[dict[str, Any]]:
             continue
         if isinstance(rec, dict):
             yield rec
-
-
-def _last_newline_end(fh: BinaryIO, start: int, size: int) -> int:
-    """The offset just past the last newline at or after `start` (else
-    `start`): where the file's whole lines end."""
-    at = size
-    step = 1 << 16
-    while at > start:
-        lo = max(start, at - step)
-        fh.seek(lo)
-        chunk = fh.read(at - lo)
-        nl = chunk.rfind(b"\n")
-        if nl >= 0:
-            return lo + nl + 1
-        at = lo
-    return start

@@ -8,16 +8,19 @@ per-job memory, packed as 64-bit hashes), the second reads just those lines.
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from batch_runner.errors import LedgerError
 from batch_runner.models import JobStatus
-from batch_runner.store.ledger import ledger_lines, parse_record, read_head
+from batch_runner.store.ledger import ledger_lines, open_ledger, parse_record, read_head
 
 #: how far back `last_line` reads at a time
 _TAIL_BLOCK = 1 << 16
+#: bytes a checkpoint checks at a file's start and just before its offset
+HEAD_CHECK = 4096
+TAIL_CHECK = 64
 
 
 def records_at(
@@ -88,12 +91,9 @@ def lines_with_ends(path: Path, start: int = 0) -> Iterator[tuple[int, int, byte
     missing file has none. A torn last line's end counts the newline the next
     ledger writer adds to it (LedgerWriter.open), so ends stay valid offsets
     once it is written."""
-    try:
-        fh = path.open("rb")
-    except FileNotFoundError:
+    fh = open_ledger(path)
+    if fh is None:
         return
-    except OSError as exc:
-        raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
     with fh:
         fh.seek(start)
         for raw in fh:
@@ -137,3 +137,27 @@ def final_succeeded_lines(path: Path) -> Iterator[tuple[bytes, int]]:
                 yield raw, end
         if lineno >= stop:
             return
+
+
+def byte_checks(fh: BinaryIO, end: int) -> tuple[int, int]:
+    """crc32 of a file's first bytes, and of the bytes just before `end`: what
+    a checkpoint at offset `end` (the snapshot's, the audit mark's) keeps."""
+    fh.seek(0)
+    head = zlib.crc32(fh.read(min(HEAD_CHECK, end)))
+    at = max(0, end - TAIL_CHECK)
+    fh.seek(at)
+    return head, zlib.crc32(fh.read(end - at))
+
+
+def is_checkpointed(
+    fh: BinaryIO, end: int, dev: int, ino: int, head_crc: int, tail_crc: int
+) -> bool:
+    """Whether the open file is the one a checkpoint at `end` was taken of,
+    grown since or not: the same device and inode, at least `end` bytes, and
+    the same bytes where the checkpoint checked them."""
+    st = os.fstat(fh.fileno())
+    return (
+        (st.st_dev, st.st_ino) == (dev, ino)
+        and st.st_size >= end
+        and byte_checks(fh, end) == (head_crc, tail_crc)
+    )

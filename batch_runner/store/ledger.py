@@ -578,12 +578,9 @@ def iter_head_blocks(
     """The head of each non-blank line of a ledger (`read_head`), None for a
     line that is not a record, a block of lines at a time, from byte `start`
     (up to byte `stop`, if given); a missing file has none."""
-    try:
-        fh = path.open("rb")
-    except FileNotFoundError:
+    fh = open_ledger(path)
+    if fh is None:
         return
-    except OSError as exc:
-        raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
     with fh:
         fh.seek(start)
         yield from head_blocks(fh if stop is None else Bounded(fh, stop - start))
@@ -800,14 +797,22 @@ class LedgerWriter:
                 fh.close()
 
 
-def ledger_lines(path: Path) -> Iterator[bytes]:
-    """The raw lines of a ledger (or any JSONL file); a missing file has none."""
+def open_ledger(path: Path) -> BinaryIO | None:
+    """A ledger (or any JSONL file) open for reading; None if there is no such
+    file, LedgerError if it cannot be read: one rule for every reader."""
     try:
-        fh = path.open("rb")
+        return path.open("rb")
     except FileNotFoundError:
-        return
+        return None
     except OSError as exc:
         raise LedgerError(f"cannot read ledger {path}: {exc}") from exc
+
+
+def ledger_lines(path: Path) -> Iterator[bytes]:
+    """The raw lines of a ledger (or any JSONL file); a missing file has none."""
+    fh = open_ledger(path)
+    if fh is None:
+        return
     with fh:
         yield from fh
 

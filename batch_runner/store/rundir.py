@@ -31,6 +31,15 @@ INCOMING_NAME = ".incoming"
 MERGE_MARKER_NAME = "merge.json"
 
 
+def beside_ledger(ledger: Path, name: str) -> Path:
+    """Where a cache of the ledger's (`name`, e.g. ".resume-state") lives:
+    beside it, as `name` for a run dir's own `ledger.jsonl` and as
+    `.<ledger's name><name>` for a `--ledger` of another name."""
+    if ledger.name == LEDGER_NAME:
+        return ledger.with_name(name)
+    return ledger.with_name(f".{ledger.name}{name}")
+
+
 class RunDir:
     """Where one run keeps its state and outputs.
 

@@ -44,8 +44,8 @@ import msgspec
 from batch_runner.errors import LedgerError
 from batch_runner.manifest.keys import job_key
 from batch_runner.models import JobStatus
-from batch_runner.store.audit_mark import AuditMark, byte_checks, matches, take_mark
-from batch_runner.store.final_records import last_line
+from batch_runner.store.audit_mark import AuditMark, matches, take_mark
+from batch_runner.store.final_records import byte_checks, is_checkpointed, last_line
 from batch_runner.store.jobmap import SUCCEEDED
 from batch_runner.store.ledger import (
     HEX_DIGITS,
@@ -60,7 +60,7 @@ from batch_runner.store.ledger import (
     read_head,
     replay_file,
 )
-from batch_runner.store.rundir import LEDGER_NAME, RunDir, atomic_write
+from batch_runner.store.rundir import RunDir, atomic_write, beside_ledger
 
 log = logging.getLogger("batch_runner.store.snapshot")
 
@@ -143,9 +143,7 @@ class Snapshot:
 
 def snapshot_path(ledger: Path) -> Path:
     """Where the snapshot of `ledger` lives: beside it."""
-    if ledger.name == LEDGER_NAME:
-        return ledger.with_name(SNAPSHOT_NAME)
-    return ledger.with_name(f".{ledger.name}{SNAPSHOT_NAME}")
+    return beside_ledger(ledger, SNAPSHOT_NAME)
 
 
 def load_snapshot(ledger: Path, *, stop: int | None = None) -> Snapshot | None:
@@ -167,13 +165,9 @@ def load_snapshot(ledger: Path, *, stop: int | None = None) -> Snapshot | None:
         if sys.byteorder != "little":
             packed.byteswap()
         with ledger.open("rb") as lf:
-            st = os.fstat(lf.fileno())
             end = header.ledger_end
-            if (
-                (st.st_dev, st.st_ino) != (header.dev, header.ino)
-                or st.st_size < end
-                or (stop is not None and end > stop)
-                or byte_checks(lf, end) != (header.head_crc, header.tail_crc)
+            if (stop is not None and end > stop) or not is_checkpointed(
+                lf, end, header.dev, header.ino, header.head_crc, header.tail_crc
             ):
                 log.debug(
                     "%s does not match %s: the whole ledger is read", path, ledger
