@@ -24,9 +24,11 @@ from batch_runner.outputs.dataset import (
     CORE_COLUMNS,
     ImageFacts,
     Sample,
+    SchemaChanged,
     export_webdataset,
     meta_column,
     metadata_rows,
+    rows_in_one_pass,
     sample_key,
     write_metadata,
 )
@@ -290,6 +292,85 @@ def test_every_row_has_every_column_and_first_values_lead() -> None:
     assert [r["job_id"] for r in rows] == ["j0", "j2", "j3", "j1"]
     assert {tuple(r) for r in rows} == {(*CORE_COLUMNS, "meta_a", "meta_b")}
     assert rows[1]["meta_a"] is None and rows[1]["meta_b"] == "x"
+
+
+_META_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.floats(allow_nan=False),
+    st.sampled_from(["a", "noir", "2024-05-01"]),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.dictionaries(st.sampled_from("abc"), _META_VALUES, max_size=3),
+            st.one_of(st.none(), st.integers(0, 9)),
+        ),
+        max_size=12,
+    )
+)
+def test_one_pass_writes_what_two_passes_write_or_gives_up(
+    rows: list[tuple[dict[str, Any], int | None]],
+) -> None:
+    """The one-pass writer gives exactly `metadata_rows`' rows, or stops with
+    SchemaChanged before the caller's file is used; never other rows."""
+    samples = [_sample(meta, f"j{i}", seed) for i, (meta, seed) in enumerate(rows)]
+    try:
+        got = list(rows_in_one_pass(samples))
+    except SchemaChanged:
+        return
+    assert got == metadata_rows(samples)
+
+
+@given(
+    st.sampled_from([1, 2.5, "noir", True, [1, 2], "2024-05-01", None]),
+    st.integers(1, 30),
+)
+def test_one_pass_holds_when_every_row_has_the_same_labels(
+    value: Any, count: int
+) -> None:
+    """The common case, every job with the same labels of one kind, never needs
+    the second pass."""
+    samples = [_sample({"k": value, "n": i}, f"j{i}") for i in range(count)]
+    assert list(rows_in_one_pass(samples)) == metadata_rows(samples)
+
+
+@pytest.mark.parametrize(
+    "later",
+    [{"k": 1, "extra": "x"}, {"k": 2.5}, {"k": "text"}, {"k": 1, "n": None}],
+)
+def test_one_pass_gives_up_when_a_later_row_changes_the_columns(
+    later: dict[str, Any],
+) -> None:
+    """A new label, a value of a new kind, or a label first seen later."""
+    samples = [_sample({"k": 1}, "j0"), _sample({"k": 2}, "j1"), _sample(later, "j2")]
+    with pytest.raises(SchemaChanged):
+        list(rows_in_one_pass(samples))
+
+
+@pytest.mark.integration
+def test_compaction_falls_back_to_two_passes(tmp_path: Path) -> None:
+    """A run whose last job brings a new label: metadata.jsonl as if rebuilt
+    from the ledger, the row with the label's first value moved to the front."""
+    manifest = tmp_path / "mixed.jsonl"
+    jobs = [("a", {"k": 1}), ("b", {"k": 2}), ("c", {"k": 3, "late": "x"})]
+    manifest.write_text(
+        "".join(json.dumps({"id": i, "prompt": i, "meta": m}) + "\n" for i, m in jobs)
+    )
+    out = tmp_path / "out"
+    # one at a time, so the ledger holds a, b, c in that order
+    argv = ["run", str(manifest), "--mock", "--out", str(out), "--concurrency", "1"]
+    assert main([*argv, *FAST]) == 0
+    compacted = (out / "metadata.jsonl").read_bytes()
+    rows = [json.loads(line) for line in compacted.splitlines()]
+    assert [r["job_id"] for r in rows] == ["a", "c", "b"]
+    assert [r["meta_late"] for r in rows] == [None, "x", None]
+    assert write_metadata(out) == 3
+    assert (out / "metadata.jsonl").read_bytes() == compacted
 
 
 def test_meta_columns_never_read_as_file_columns() -> None:

@@ -340,23 +340,38 @@ class MetadataSchema:
     def __init__(self) -> None:
         self._kinds: dict[str, set[str]] = {}
         self._seen: set[str] = set()
+        #: every core column has had a value: later rows only add meta columns
+        self._core_seen = False
+        #: grows whenever what `rows` would write for some row changes: a new
+        #: column, a column's first value, a value of another kind
+        self.version = 0
 
     def observe(self, sample: Sample) -> bool:
         """Learn from one row; True if it is the first with some column non-null."""
         first = False
-        for column, value in sample.core().items():
-            if value is not None and column not in self._seen:
-                self._seen.add(column)
-                first = True
+        if not self._core_seen:
+            for column, value in sample.core().items():
+                if value is not None and column not in self._seen:
+                    self._seen.add(column)
+                    first = True
+            self._core_seen = self._seen.issuperset(CORE_COLUMNS)
         for name, value in sample.meta.items():
-            kinds = self._kinds.setdefault(name, set())
+            kinds = self._kinds.get(name)
+            if kinds is None:
+                kinds = self._kinds[name] = set()
+                self.version += 1
             if value is None:
                 continue
-            kinds.add(value_kind(value))
+            kind = value_kind(value)
+            if kind not in kinds:
+                kinds.add(kind)
+                self.version += 1
             column = meta_column(name)
             if column not in self._seen:
                 self._seen.add(column)
                 first = True
+        if first:
+            self.version += 1
         return first
 
     def columns(self) -> dict[str, str]:
@@ -364,13 +379,55 @@ class MetadataSchema:
         return {name: _column_type(self._kinds[name]) for name in sorted(self._kinds)}
 
     def rows(self, samples: Iterable[Sample]) -> Iterator[dict[str, Any]]:
-        types = self.columns()
-        columns = [(name, meta_column(name), kind) for name, kind in types.items()]
+        cells = self.cells()
         for sample in samples:
-            row = sample.core()
-            for name, column, kind in columns:
-                row[column] = _cell(sample.meta.get(name), kind)
-            yield row
+            yield _row(sample, cells)
+
+    def cells(self) -> list[tuple[str, str, str]]:
+        """(meta label, column, column type) of each meta column, in order."""
+        return [
+            (name, meta_column(name), kind) for name, kind in self.columns().items()
+        ]
+
+
+def _row(sample: Sample, cells: list[tuple[str, str, str]]) -> dict[str, Any]:
+    row = sample.core()
+    meta = sample.meta
+    for name, column, kind in cells:
+        row[column] = _cell(meta.get(name), kind)
+    return row
+
+
+class SchemaChanged(Exception):
+    """A row changed the columns after rows were written (`rows_in_one_pass`)."""
+
+
+def rows_in_one_pass(samples: Iterable[Sample]) -> Iterator[dict[str, Any]]:
+    """`metadata_rows`, learning the columns from the first row alone, or
+    SchemaChanged at the first row that would change them.
+
+    Most runs give every job the same labels of the same kinds: their first row
+    fixes the columns, no later row is moved to the front, and the rows can be
+    written as they are read, in one pass instead of two. A row that adds a
+    column, gives one its first value or a value of a new kind stops this;
+    the caller then starts over with the two passes, which see every row
+    before writing any. Pure.
+    """
+    schema = MetadataSchema()
+    iterator = iter(samples)
+    for first in iterator:
+        schema.observe(first)
+        version = schema.version
+        cells = schema.cells()
+        yield _row(first, cells)
+        break
+    else:
+        return
+    for sample in iterator:
+        schema.observe(sample)
+        if schema.version != version:
+            raise SchemaChanged(sample.job_id)
+        yield _row(sample, cells)
 
 
 def _cell(value: object, kind: str) -> object:
@@ -433,7 +490,7 @@ def compact_metadata(
 ) -> int:
     """`write_metadata` from the run's metadata log (`outputs.metadata_log`),
     caught up with the ledger first: the same file, with memory that does not
-    grow with the number of jobs (the log is streamed twice, and only the
+    grow with the number of jobs (the log is streamed once or twice, and only the
     jobs redone by --rerun-changed are held)."""
     paths = RunDir(run_dir, ledger=ledger_path)
     metadata_log.sync(paths.metadata_log, paths.ledger)
@@ -448,9 +505,23 @@ def _write_rows(
     present: Callable[[str], bool] | None,
 ) -> int:
     """Write metadata.jsonl from the succeeded records `records()` gives (the
-    same ones each call). Pass 1 learns the columns and picks the rows to write
-    first; pass 2 writes. Reading twice beats holding a million rows; images
-    are only stat'ed."""
+    same ones each call), in one pass when the first row fixes the columns
+    (`rows_in_one_pass`), else in two: pass 1 learns the columns and picks the
+    rows to write first; pass 2 writes. Reading twice beats holding a million
+    rows; images are only stat'ed."""
+    scan = _Scan()
+    try:
+        rows = 0
+        with atomic_write(RunDir(run_dir).metadata) as fh:
+            samples = (s for _, s in _samples(run_dir, records(), scan, present))
+            for row in rows_in_one_pass(samples):
+                fh.write(_ROW_ENCODER.encode(row).encode("utf-8") + b"\n")
+                rows += 1
+    except SchemaChanged:
+        pass
+    else:
+        _warn_missing(run_dir, scan)
+        return rows
     schema = MetadataSchema()
     firsts: dict[tuple[int, int], Sample] = {}
     for key, sample in _samples(run_dir, records(), _Scan(), present):
