@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from batch_runner.store.ledger import (
     make_record,
     read_ledger,
     replay,
+    utc_now_iso,
 )
 
 JOB = JobSpec(job_id="j1", prompt="a cat", resolution="16:9", seed=3, meta={"k": "v"})
@@ -303,3 +307,15 @@ def test_encoded_records_are_the_standard_library_compact_json() -> None:
     assert encode_record(record) == expected.encode("utf-8")
     big = {**record, "meta": {"n": 2**100}}
     assert json.loads(encode_record(big))["meta"]["n"] == 2**100
+
+
+def test_record_time_is_iso_8601_utc_to_the_millisecond() -> None:
+    """The cached formatting gives what datetime's isoformat gives, across
+    seconds."""
+    for _ in range(3):
+        before = datetime.now(UTC).replace(microsecond=0)
+        stamp = utc_now_iso()
+        after = datetime.now(UTC)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", stamp)
+        assert before <= datetime.fromisoformat(stamp) <= after
+        time.sleep(0.4)

@@ -89,6 +89,21 @@ def test_malformed_bodies_are_transient(raw: bytes) -> None:
         classify_http(200, raw, None, polling=True)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"code": 1000, "msg": "ok", "data": {"taskid": "t1", "score": NaN}}',
+        '{"code": 1000, "data": {"taskid": "t1"}}'.encode("utf-16"),
+        b'{"code": 1000, "data": {"taskid": "t1", "note": "\\ud800"}}',
+        b'{"code": 1000, "data": {"taskid": "t1", "big": 123456789012345678901234}}',
+    ],
+)
+def test_envelopes_the_fast_parser_refuses_are_still_read(raw: bytes) -> None:
+    """What the standard library's json accepts stays accepted (NaN, UTF-16,
+    a lone surrogate escape, integers beyond 64 bits): liberal in what we read."""
+    assert parse_submit(classify_http(200, raw, None, polling=False)).taskid == "t1"
+
+
 def test_9999_is_transient_and_unknown_codes_too() -> None:
     """9999 and undocumented codes are failures worth a bounded retry."""
     for code in (9999, 1234):

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from batch_runner.errors import BatchRunnerError, UsageError
+from batch_runner.jsontext import loads
 from batch_runner.models import JobStatus
 from batch_runner.outputs.dataset import (
     ImageFacts,
@@ -58,7 +59,7 @@ from batch_runner.outputs.dataset import (
     write_metadata,
 )
 from batch_runner.store.final_records import numbered_final_records, records_at
-from batch_runner.store.ledger import encode_record, ledger_lines, loads, parse_record
+from batch_runner.store.ledger import encode_record, ledger_lines, parse_record
 from batch_runner.store.rundir import (
     LEDGER_NAME,
     MERGE_MARKER_NAME,

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
+from batch_runner.jsontext import loads
 from batch_runner.models import JobStatus
 from batch_runner.store.final_records import (
     final_succeeded_lines,
@@ -44,7 +45,7 @@ from batch_runner.store.final_records import (
     lines_with_ends,
     lists_images,
 )
-from batch_runner.store.ledger import encode_record, ledger_lines, loads, read_head
+from batch_runner.store.ledger import encode_record, ledger_lines, read_head
 from batch_runner.store.rundir import atomic_write
 
 log = logging.getLogger("batch_runner.outputs.metadata_log")

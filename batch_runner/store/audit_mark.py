@@ -27,9 +27,10 @@ from typing import Any, BinaryIO
 
 import msgspec
 
+from batch_runner.jsontext import loads
 from batch_runner.outputs.audit import suspected_duplicate_submits
 from batch_runner.store.final_records import byte_checks, is_checkpointed, last_line
-from batch_runner.store.ledger import RecordHead, iter_head_blocks, loads, open_ledger
+from batch_runner.store.ledger import RecordHead, iter_head_blocks, open_ledger
 
 
 class AuditMark(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

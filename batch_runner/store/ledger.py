@@ -13,15 +13,16 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import msgspec
 
 from batch_runner.errors import LedgerError
+from batch_runner.jsontext import loads
 from batch_runner.manifest.keys import job_key
 from batch_runner.models import JobSpec, JobStatus
 from batch_runner.redact import Redactor
@@ -51,18 +52,7 @@ OnRecord = Callable[[dict[str, Any]], object]
 AfterWrite = Callable[[Mapping[str, Any], bytes, int], None]
 
 
-_DECODER = msgspec.json.Decoder()
 _RECORD_ENCODER = msgspec.json.Encoder()
-
-
-def loads(raw: bytes | str) -> Any:
-    """One JSON text, parsed whole, integers of any size kept exact: msgspec, then
-    the stdlib for the few texts it refuses that json accepts (NaN, Infinity, lone
-    surrogate escapes), so a line that was readable before stays readable."""
-    try:
-        return _DECODER.decode(raw)
-    except msgspec.DecodeError:
-        return json.loads(raw)
 
 
 class RecordHead(msgspec.Struct, frozen=True, gc=False):
@@ -118,8 +108,20 @@ def read_head(raw: bytes) -> RecordHead | None:
 
 
 def utc_now_iso() -> str:
-    """ISO-8601 with an explicit UTC offset, millisecond precision."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """ISO-8601 with an explicit UTC offset, millisecond precision: what
+    `datetime.now(UTC).isoformat(timespec="milliseconds")` gives, at a
+    quarter of its cost (three records per job take one each)."""
+    global _second_text
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    second, text = _second_text
+    if seconds != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_text = (seconds, text)
+    return f"{text}.{nanos // 1_000_000:03d}+00:00"
+
+
+#: the last second `utc_now_iso` formatted, and its text
+_second_text: tuple[int, str] = (-1, "")
 
 
 def make_record(

@@ -24,6 +24,7 @@ from batch_runner.errors import (
     PermanentApiError,
     TransientApiError,
 )
+from batch_runner.jsontext import dumps
 from batch_runner.models import JobSpec
 from batch_runner.redact import Redactor
 from batch_runner.wire.api import ImageBody
@@ -130,8 +131,9 @@ class ZImageClient:
         envelope = await self._api_call(
             lambda headers: self._session.post(
                 self._poll_url,
-                json={"taskid": taskid},
-                headers=headers,
+                # bytes, not json=: aiohttp would run the stdlib encoder per poll
+                data=dumps({"taskid": taskid}),
+                headers={**headers, "Content-Type": "application/json"},
                 timeout=self._timeout,
             ),
             polling=True,

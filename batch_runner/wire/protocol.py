@@ -9,7 +9,6 @@ unknown status means "keep polling", an unknown envelope code is treated like
 from __future__ import annotations
 
 import email.utils
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from batch_runner.errors import (
     TaskNotFoundError,
     TransientApiError,
 )
+from batch_runner.jsontext import loads
 from batch_runner.models import JobSpec
 
 CODE_SUCCESS = 1000
@@ -219,8 +219,8 @@ def classify_http(
 
 def _decode_envelope(body: bytes) -> dict[str, Any] | None:
     try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        parsed = loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return parsed if isinstance(parsed, dict) else None
 
