@@ -337,6 +337,21 @@ def test_status_and_records_match_the_cli(
         records(tmp_path / "nowhere")
 
 
+def test_two_runs_in_one_process_and_second_have_their_own_run_ids(
+    tmp_path: Path,
+) -> None:
+    """The duplicate-submit audit pairs attempt lines with outcomes by run id:
+    two quick runs from one notebook or task must not share one."""
+    out = tmp_path / "run"
+    run_batch_sync(["a first job"], out=out, **QUICK)
+    run_batch_sync(["a first job", "a second job"], out=out, **QUICK)
+    lines = (out / "attempts.jsonl").read_text().splitlines()
+    runs = [json.loads(line)["run"] for line in lines]
+    assert len(runs) == 2 and runs[0] != runs[1]
+    ledger = [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()]
+    assert [r["run"] for r in ledger if r["status"] == "submitted"] == runs
+
+
 def test_plan_is_a_dry_run(tmp_path: Path) -> None:
     """`plan()` validates and counts against the ledger, takes no lock, and
     creates nothing."""

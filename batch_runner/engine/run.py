@@ -595,7 +595,7 @@ async def _execute(
             images_dir=s.run_dir.images,
             progress=progress,
             attempt_log=attempt_log,
-            run_id=f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}",
+            run_id=new_run_id(),
             transcoder=transcoder,
             legacy_stems=state.legacy_stems,
             publish=bucket_publisher(bucket) if bucket is not None else None,
@@ -610,6 +610,15 @@ async def _execute(
             rerun=counts.rerun,
         )
         return await runner.run(items)
+
+
+def new_run_id() -> str:
+    """The name a run's attempt lines and submit outcomes share, which the
+    duplicate-submit audit pairs them by: the start time and pid for people,
+    and random bits so that two runs in one process within one second (a
+    notebook, an Airflow task that runs twice) are never taken for one."""
+    started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{started}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @contextlib.contextmanager
