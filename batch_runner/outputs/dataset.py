@@ -19,13 +19,14 @@ import math
 import os
 import re
 import tarfile
+import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from batch_runner.outputs import metadata_log
+from batch_runner.outputs import metadata_log, metadata_state
 from batch_runner.store.final_records import final_lines, numbered_final_records
 from batch_runner.store.images import image_size, safe_relative, sniff_extension
 from batch_runner.store.rundir import RunDir, atomic_write
@@ -39,6 +40,7 @@ _SHARD_RE = re.compile(r"shard-(\d{6})\.tar")
 #: JPEG keeps its size in a frame header that can sit after large EXIF blocks
 _HEAD_BYTES = 64 << 10
 _INT64 = 2**63
+_COPY_CHUNK = 1 << 20
 # pyarrow's JSON reader turns every string of this shape into a timestamp (and
 # renders it back as "2024-05-01 00:00:00"); a superset of its ISO-8601 forms.
 _TIMESTAMP_LIKE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[Tt ][0-9:.,+\-Zz ]*)?")
@@ -374,6 +376,27 @@ class MetadataSchema:
             self.version += 1
         return first
 
+    def export(self) -> tuple[dict[str, list[str]], list[str]]:
+        """What it has learnt, as JSON-ready lists (`restore` takes them back)."""
+        kinds = {name: sorted(kinds) for name, kinds in sorted(self._kinds.items())}
+        return kinds, sorted(self._seen)
+
+    @classmethod
+    def restore(
+        cls, kinds: Mapping[str, Iterable[str]], seen: Iterable[str]
+    ) -> MetadataSchema:
+        """A schema that has learnt what `export` gave."""
+        schema = cls()
+        schema._kinds = {name: set(values) for name, values in kinds.items()}
+        schema._seen = set(seen)
+        schema._core_seen = schema._seen.issuperset(CORE_COLUMNS)
+        return schema
+
+    @property
+    def empty(self) -> bool:
+        """Nothing learnt yet: the first row it sees will fix the columns."""
+        return not self._kinds and not self._seen
+
     def columns(self) -> dict[str, str]:
         """meta label -> column type: bool, int, float, str, json or null."""
         return {name: _column_type(self._kinds[name]) for name in sorted(self._kinds)}
@@ -402,7 +425,9 @@ class SchemaChanged(Exception):
     """A row changed the columns after rows were written (`rows_in_one_pass`)."""
 
 
-def rows_in_one_pass(samples: Iterable[Sample]) -> Iterator[dict[str, Any]]:
+def rows_in_one_pass(
+    samples: Iterable[Sample], schema: MetadataSchema | None = None
+) -> Iterator[dict[str, Any]]:
     """`metadata_rows`, learning the columns from the first row alone, or
     SchemaChanged at the first row that would change them.
 
@@ -411,18 +436,25 @@ def rows_in_one_pass(samples: Iterable[Sample]) -> Iterator[dict[str, Any]]:
     written as they are read, in one pass instead of two. A row that adds a
     column, gives one its first value or a value of a new kind stops this;
     the caller then starts over with the two passes, which see every row
-    before writing any. Pure.
+    before writing any. With `schema` (one restored from an earlier
+    compaction, which it goes on learning), the columns are that schema's and
+    the first row must not change them either: the rows can be appended to
+    what it wrote. Pure.
     """
-    schema = MetadataSchema()
+    schema = MetadataSchema() if schema is None else schema
     iterator = iter(samples)
-    for first in iterator:
-        schema.observe(first)
+    if schema.empty:
+        for first in iterator:
+            schema.observe(first)
+            version = schema.version
+            cells = schema.cells()
+            yield _row(first, cells)
+            break
+        else:
+            return
+    else:
         version = schema.version
         cells = schema.cells()
-        yield _row(first, cells)
-        break
-    else:
-        return
     for sample in iterator:
         schema.observe(sample)
         if schema.version != version:
@@ -473,13 +505,15 @@ def write_metadata(
     Finding each job's last record holds a map of every job id (as 64-bit
     hashes); a run keeps its metadata log instead and calls `compact_metadata`.
     """
-    ledger = RunDir(run_dir, ledger=ledger_path).ledger
-    lines = final_lines(ledger)
+    paths = RunDir(run_dir, ledger=ledger_path)
+    lines = final_lines(paths.ledger)
 
     def records() -> Iterator[dict[str, Any]]:
-        return (r for _, r in numbered_final_records(ledger, lines=lines))
+        return (r for _, r in numbered_final_records(paths.ledger, lines=lines))
 
-    return _write_rows(run_dir, records, present)
+    # this file does not come from the metadata log: the next run rewrites it
+    metadata_state.forget(paths.metadata_state)
+    return _write_rows(run_dir, records, present)[0]
 
 
 def compact_metadata(
@@ -491,37 +525,130 @@ def compact_metadata(
     """`write_metadata` from the run's metadata log (`outputs.metadata_log`),
     caught up with the ledger first: the same file, with memory that does not
     grow with the number of jobs (the log is streamed once or twice, and only the
-    jobs redone by --rerun-changed are held)."""
+    jobs redone by --rerun-changed are held).
+
+    When the file is the one the last compaction wrote and the log has only
+    grown since, by rows that change no column, those rows are appended instead
+    (`outputs.metadata_state`): a run's end then costs what its own rows cost,
+    not what every row of the directory does. Call it holding the run's lock.
+    """
     paths = RunDir(run_dir, ledger=ledger_path)
     metadata_log.sync(paths.metadata_log, paths.ledger)
-    return _write_rows(
+    try:
+        log_end = paths.metadata_log.stat().st_size
+    except FileNotFoundError:
+        log_end = None
+    if log_end is not None:
+        appended = _append_rows(paths, log_end, present)
+        if appended is not None:
+            return appended
+    metadata_state.forget(paths.metadata_state)
+    rows, crc, schema = _write_rows(
         run_dir, lambda: metadata_log.records(paths.metadata_log), present
     )
+    if log_end is not None:
+        _save_state(paths, log_end, crc, rows, schema)
+    return rows
+
+
+def _append_rows(
+    paths: RunDir, log_end: int, present: Callable[[str], bool] | None
+) -> int | None:
+    """Append the rows of the log's lines since the last compaction to
+    metadata.jsonl and return how many rows it has; None when that cannot
+    give what a rewrite would (see `metadata_state`)."""
+    state = metadata_state.load(paths.metadata_state)
+    if state is None or state.log.end > log_end:
+        return None
+    if not metadata_state.holds(state, paths.metadata_log, paths.metadata):
+        return None
+    if state.log.end == log_end:
+        return state.rows
+    records = metadata_log.records_between(paths.metadata_log, state.log.end, log_end)
+    if records is None:
+        return None
+    schema = MetadataSchema.restore(state.kinds, state.seen)
+    scan = _Scan()
+    rows = state.rows
+    try:
+        # a copy, not an append in place: readers still see the old file or
+        # the new one, never a row cut in half
+        with atomic_write(paths.metadata) as fh:
+            out = _Summed(fh)
+            with paths.metadata.open("rb") as old:
+                while chunk := old.read(_COPY_CHUNK):
+                    out.write(chunk)
+            if out.crc != state.metadata.crc:
+                raise _NotAsWritten(paths.metadata)
+            samples = (s for _, s in _samples(paths.root, records, scan, present))
+            for row in rows_in_one_pass(samples, schema):
+                out.write(_ROW_ENCODER.encode(row).encode("utf-8") + b"\n")
+                rows += 1
+    except (SchemaChanged, _NotAsWritten):
+        return None
+    _warn_missing(paths.root, scan)
+    _save_state(paths, log_end, out.crc, rows, schema)
+    return rows
+
+
+def _save_state(
+    paths: RunDir, log_end: int, crc: int, rows: int, schema: MetadataSchema
+) -> None:
+    kinds, seen = schema.export()
+    metadata_state.save(
+        paths.metadata_state,
+        log_path=paths.metadata_log,
+        log_end=log_end,
+        metadata=paths.metadata,
+        metadata_crc=crc,
+        rows=rows,
+        kinds=kinds,
+        seen=seen,
+    )
+
+
+class _NotAsWritten(Exception):
+    """metadata.jsonl is not the file the last compaction wrote."""
+
+
+class _Summed:
+    """A file being written, and the crc32 of what was written to it."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.crc = 0
+
+    def write(self, data: bytes) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+        self._fh.write(data)
 
 
 def _write_rows(
     run_dir: Path,
     records: Callable[[], Iterable[Mapping[str, Any]]],
     present: Callable[[str], bool] | None,
-) -> int:
+) -> tuple[int, int, MetadataSchema]:
     """Write metadata.jsonl from the succeeded records `records()` gives (the
     same ones each call), in one pass when the first row fixes the columns
     (`rows_in_one_pass`), else in two: pass 1 learns the columns and picks the
     rows to write first; pass 2 writes. Reading twice beats holding a million
-    rows; images are only stat'ed."""
+    rows; images are only stat'ed. Returns the rows written, the file's crc32
+    and the columns learnt."""
     scan = _Scan()
+    schema = MetadataSchema()
     try:
         rows = 0
         with atomic_write(RunDir(run_dir).metadata) as fh:
+            out = _Summed(fh)
             samples = (s for _, s in _samples(run_dir, records(), scan, present))
-            for row in rows_in_one_pass(samples):
-                fh.write(_ROW_ENCODER.encode(row).encode("utf-8") + b"\n")
+            for row in rows_in_one_pass(samples, schema):
+                out.write(_ROW_ENCODER.encode(row).encode("utf-8") + b"\n")
                 rows += 1
     except SchemaChanged:
         pass
     else:
         _warn_missing(run_dir, scan)
-        return rows
+        return rows, out.crc, schema
     schema = MetadataSchema()
     firsts: dict[tuple[int, int], Sample] = {}
     for key, sample in _samples(run_dir, records(), _Scan(), present):
@@ -535,11 +662,12 @@ def _write_rows(
     )
     rows = 0
     with atomic_write(RunDir(run_dir).metadata) as fh:
+        out = _Summed(fh)
         for row in schema.rows(itertools.chain(firsts.values(), rest)):
-            fh.write(_ROW_ENCODER.encode(row).encode("utf-8") + b"\n")
+            out.write(_ROW_ENCODER.encode(row).encode("utf-8") + b"\n")
             rows += 1
     _warn_missing(run_dir, scan)
-    return rows
+    return rows, out.crc, schema
 
 
 # -- WebDataset ---------------------------------------------------------------

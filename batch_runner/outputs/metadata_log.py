@@ -176,16 +176,50 @@ def log_lines(path: Path) -> Iterator[LogLine | None]:
 
 
 def drops_in(path: Path) -> dict[str, int]:
-    """job id -> position of its last drop line. Only lines that can be drops
-    are parsed: a drop's second key is "drop", a row's is a ledger field."""
+    """job id -> position of its last drop line."""
     drops: dict[str, int] = {}
     for position, raw in enumerate(ledger_lines(path)):
-        comma = raw.find(b",", len(_PREFIX))
-        if comma > 0 and raw.startswith(b'"drop":', comma + 1):
-            line = parse_line(raw)
-            if line is not None and line.drop is not None:
-                drops[line.drop] = position
+        drop = _drop_of(raw)
+        if drop is not None:
+            drops[drop] = position
     return drops
+
+
+def _drop_of(raw: bytes) -> str | None:
+    """The job a drop line drops; None for any other line. Only lines that can
+    be drops are parsed: a drop's second key is "drop", a row's is a ledger
+    field."""
+    comma = raw.find(b",", len(_PREFIX))
+    if comma > 0 and raw.startswith(b'"drop":', comma + 1):
+        line = parse_line(raw)
+        if line is not None:
+            return line.drop
+    return None
+
+
+def records_between(
+    path: Path, start: int, end: int
+) -> Iterator[dict[str, Any]] | None:
+    """The records of the rows on the log's lines between byte offsets `start`
+    and `end` (line boundaries), in order; None if a drop is among them, which
+    may make rows before `start` stale. Streams (the lines are read twice)."""
+    if any(_drop_of(raw) is not None for raw in _lines_between(path, start, end)):
+        return None
+    return _rows_between(path, start, end)
+
+
+def _rows_between(path: Path, start: int, end: int) -> Iterator[dict[str, Any]]:
+    for raw in _lines_between(path, start, end):
+        line = parse_line(raw)
+        if line is not None and line.record is not None:
+            yield line.record
+
+
+def _lines_between(path: Path, start: int, end: int) -> Iterator[bytes]:
+    for _, line_end, raw in lines_with_ends(path, start):
+        if line_end > end:
+            return
+        yield raw
 
 
 def records(path: Path) -> Iterator[dict[str, Any]]:

@@ -22,6 +22,7 @@ METADATA_NAME = "metadata.jsonl"
 #: each succeeded ledger line, copied as written: what metadata.jsonl is
 #: compacted from (outputs.metadata_log)
 METADATA_LOG_NAME = ".metadata-log.jsonl"
+METADATA_STATE_NAME = ".metadata-state"
 IMAGES_NAME = "images"
 GALLERY_NAME = "index.html"
 #: under images/: downloads waiting to be re-encoded (no job id contains "/",
@@ -83,6 +84,11 @@ class RunDir:
     def metadata_log(self) -> Path:
         """The succeeded ledger lines metadata.jsonl is compacted from."""
         return self.root / METADATA_LOG_NAME
+
+    @property
+    def metadata_state(self) -> Path:
+        """What metadata.jsonl was compacted from, so the next run can append."""
+        return self.root / METADATA_STATE_NAME
 
     @property
     def images(self) -> Path:
