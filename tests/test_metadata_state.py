@@ -195,3 +195,32 @@ def test_a_metadata_file_replaced_by_hand_is_rewritten(tmp_path: Path) -> None:
     _uniform(d, range(3, 4))
     assert compact_metadata(tmp_path) == 4
     assert b'"jX"' not in d.metadata() and d.metadata().startswith(good)
+
+
+def test_non_finite_labels_are_json_text_and_rows_stay_strict_json(
+    tmp_path: Path,
+) -> None:
+    """A ledger line written by hand with NaN or Infinity (which the ledger
+    reader accepts): its column becomes JSON text, so every row still parses
+    as strict JSON, which pyarrow needs."""
+    d = _Dir(tmp_path)
+    d.write("a", "succeeded", {"k": 1.5}, 1)
+    png = d.run.images / "b-2.png"
+    png.write_bytes(_PNG)
+    with d.run.ledger.open("ab") as fh:
+        fh.write(
+            b'{"job_id":"b","status":"succeeded","prompt":"p","meta":{"k":NaN,'
+            b'"m":Infinity},"files":["images/b-2.png"]}\n'
+        )
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in metadata.jsonl")
+
+    assert compact_metadata(tmp_path) == 2
+    rows = [
+        json.loads(line, parse_constant=refuse) for line in d.metadata().splitlines()
+    ]
+    assert {r["job_id"]: (r["meta_k"], r["meta_m"]) for r in rows} == {
+        "a": ("1.5", None),
+        "b": ("NaN", "Infinity"),
+    }

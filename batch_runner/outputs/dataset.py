@@ -26,6 +26,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
+import msgspec
+
 from batch_runner.outputs import metadata_log, metadata_state
 from batch_runner.store.final_records import final_lines, numbered_final_records
 from batch_runner.store.images import image_size, safe_relative, sniff_extension
@@ -45,10 +47,11 @@ _COPY_CHUNK = 1 << 20
 # renders it back as "2024-05-01 00:00:00"); a superset of its ISO-8601 forms.
 _TIMESTAMP_LIKE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[Tt ][0-9:.,+\-Zz ]*)?")
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-# strict: pyarrow rejects NaN, so a row that holds one must fail here, not in HF
-_ROW_ENCODER = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), allow_nan=False
-)
+# msgspec, not json: 1.7 us against 6 us a row (one row per image, so a
+# million at the end of a million-job run). It writes NaN as null where json
+# raised; no row can hold one, as `_cell` writes every non-finite meta value
+# as JSON text (pyarrow rejects NaN), and a row's other floats are finite.
+_ROW_ENCODER = msgspec.json.Encoder()
 #: the columns before the meta labels, in this order
 CORE_COLUMNS = (
     "file_name",
@@ -582,7 +585,7 @@ def _append_rows(
                 raise _NotAsWritten(paths.metadata)
             samples = (s for _, s in _samples(paths.root, records, scan, present))
             for row in rows_in_one_pass(samples, schema):
-                out.write(_ROW_ENCODER.encode(row).encode("utf-8") + b"\n")
+                out.write(_ROW_ENCODER.encode(row) + b"\n")
                 rows += 1
     except (SchemaChanged, _NotAsWritten):
         return None
@@ -642,7 +645,7 @@ def _write_rows(
             out = _Summed(fh)
             samples = (s for _, s in _samples(run_dir, records(), scan, present))
             for row in rows_in_one_pass(samples, schema):
-                out.write(_ROW_ENCODER.encode(row).encode("utf-8") + b"\n")
+                out.write(_ROW_ENCODER.encode(row) + b"\n")
                 rows += 1
     except SchemaChanged:
         pass
@@ -664,7 +667,7 @@ def _write_rows(
     with atomic_write(RunDir(run_dir).metadata) as fh:
         out = _Summed(fh)
         for row in schema.rows(itertools.chain(firsts.values(), rest)):
-            out.write(_ROW_ENCODER.encode(row).encode("utf-8") + b"\n")
+            out.write(_ROW_ENCODER.encode(row) + b"\n")
             rows += 1
     _warn_missing(run_dir, scan)
     return rows, out.crc, schema
