@@ -14,6 +14,7 @@ process on one directory:
    are byte for byte the same.
 
     python bench/metadata_end.py [--rows 200000] [--add 2000] [--rounds 3]
+                                 [--cache DIR]
 
 Prints the medians and their ratio. The directory is kept under
 bench/results/metadata-cache/ keyed by N (rounds add to a copy of the log
@@ -70,8 +71,8 @@ def _add_jobs(run: RunDir, first: int, count: int, png: bytes) -> None:
         fh.writelines(lines)
 
 
-def _build(rows: int, png: bytes) -> RunDir:
-    root = CACHE / f"rows-{rows}"
+def _build(rows: int, png: bytes, cache: Path) -> RunDir:
+    root = cache / f"rows-{rows}"
     done = root / ".built"
     if not done.exists():
         shutil.rmtree(root, ignore_errors=True)
@@ -88,10 +89,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--add", type=int, default=2_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cache", type=Path, default=CACHE)
     args = parser.parse_args()
     png = render_png("bench", 0, 0, 8, 8)
-    base = _build(args.rows, png)
-    work = CACHE / f"work-{args.rows}"
+    base = _build(args.rows, png, args.cache)
+    work = args.cache / f"work-{args.rows}"
     shutil.rmtree(work, ignore_errors=True)
     print(f"copying a run directory of {args.rows:,} jobs ...", flush=True)
     shutil.copytree(base.root, work)

@@ -111,6 +111,25 @@ def test_scale_files_match_the_runner(tmp_path: Path) -> None:
     assert res["explicit_ids"] and res["ledger_lines"] == 40
 
 
+def test_metadata_end_bench_appends_what_it_rewrites(tmp_path: Path) -> None:
+    """metadata_end.py builds a small directory, and each round's appended
+    file equals its rewritten one (it exits non-zero otherwise)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "metadata_end.py"),
+            *("--rows", "30", "--add", "4", "--rounds", "2"),
+            *("--cache", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("same bytes: True") == 2
+    assert "rewrite / append" in proc.stdout
+
+
 def test_transcode_bench_reports_every_setting_and_pool(tmp_path: Path) -> None:
     """bench_transcode.py runs on a small image and reports every setting and
     every way of running the pool."""
