@@ -55,7 +55,7 @@ async def run_items(
     async with aiohttp.ClientSession() as session:
         client = ZImageClient(session, url, key, request_timeout=5)
         async with (
-            LedgerWriter(out / "ledger.jsonl") as ledger,
+            LedgerWriter(out / "ledger.jsonl", immediate=True) as ledger,
             LedgerWriter(out / "attempts.jsonl") as attempts,
         ):
             runner = Runner(
