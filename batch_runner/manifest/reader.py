@@ -381,15 +381,20 @@ class _IdSet:
     def add_derived(self, keys: list[int]) -> bool:
         """`add` of derived ids' keys all at once, if they are all new and
         distinct (True); otherwise nothing is added (False)."""
-        fresh = set(keys)
+        derived = self._derived
         if (
-            len(fresh) != len(keys)
-            or not self._derived.isdisjoint(fresh)
-            or (self._explicit and not self._explicit.isdisjoint(fresh))
-            or (self._folded and not self._folded.isdisjoint(fresh))
+            not derived.isdisjoint(keys)
+            or (self._explicit and not self._explicit.isdisjoint(keys))
+            or (self._folded and not self._folded.isdisjoint(keys))
         ):
             return False
-        self._derived |= fresh
+        # no set of the block is built (a million keys at 1M rows): added in
+        # place, and taken out again if two of them were the same
+        before = len(derived)
+        derived.update(keys)
+        if len(derived) - before != len(keys):
+            derived.difference_update(keys)
+            return False
         return True
 
 
