@@ -572,7 +572,6 @@ def _append_rows(
         return None
     schema = MetadataSchema.restore(state.kinds, state.seen)
     scan = _Scan()
-    rows = state.rows
     try:
         # a copy, not an append in place: readers still see the old file or
         # the new one, never a row cut in half
@@ -584,12 +583,11 @@ def _append_rows(
             if out.crc != state.metadata.crc:
                 raise _NotAsWritten(paths.metadata)
             samples = (s for _, s in _samples(paths.root, records, scan, present))
-            for row in rows_in_one_pass(samples, schema):
-                out.write(_ROW_ENCODER.encode(row) + b"\n")
-                rows += 1
+            out.write_rows(rows_in_one_pass(samples, schema))
     except (SchemaChanged, _NotAsWritten):
         return None
     _warn_missing(paths.root, scan)
+    rows = state.rows + out.rows
     _save_state(paths, log_end, out.crc, rows, schema)
     return rows
 
@@ -615,15 +613,22 @@ class _NotAsWritten(Exception):
 
 
 class _Summed:
-    """A file being written, and the crc32 of what was written to it."""
+    """metadata.jsonl being written: the crc32 of what was written to it, and
+    how many rows."""
 
     def __init__(self, fh: BinaryIO) -> None:
         self._fh = fh
         self.crc = 0
+        self.rows = 0
 
     def write(self, data: bytes) -> None:
         self.crc = zlib.crc32(data, self.crc)
         self._fh.write(data)
+
+    def write_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            self.write(_ROW_ENCODER.encode(row) + b"\n")
+            self.rows += 1
 
 
 def _write_rows(
@@ -640,18 +645,15 @@ def _write_rows(
     scan = _Scan()
     schema = MetadataSchema()
     try:
-        rows = 0
         with atomic_write(RunDir(run_dir).metadata) as fh:
             out = _Summed(fh)
             samples = (s for _, s in _samples(run_dir, records(), scan, present))
-            for row in rows_in_one_pass(samples, schema):
-                out.write(_ROW_ENCODER.encode(row) + b"\n")
-                rows += 1
+            out.write_rows(rows_in_one_pass(samples, schema))
     except SchemaChanged:
         pass
     else:
         _warn_missing(run_dir, scan)
-        return rows, out.crc, schema
+        return out.rows, out.crc, schema
     schema = MetadataSchema()
     firsts: dict[tuple[int, int], Sample] = {}
     for key, sample in _samples(run_dir, records(), _Scan(), present):
@@ -663,14 +665,11 @@ def _write_rows(
         for key, sample in _samples(run_dir, records(), scan, present)
         if key not in firsts
     )
-    rows = 0
     with atomic_write(RunDir(run_dir).metadata) as fh:
         out = _Summed(fh)
-        for row in schema.rows(itertools.chain(firsts.values(), rest)):
-            out.write(_ROW_ENCODER.encode(row) + b"\n")
-            rows += 1
+        out.write_rows(schema.rows(itertools.chain(firsts.values(), rest)))
     _warn_missing(run_dir, scan)
-    return rows, out.crc, schema
+    return out.rows, out.crc, schema
 
 
 # -- WebDataset ---------------------------------------------------------------

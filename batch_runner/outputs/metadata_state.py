@@ -6,8 +6,9 @@ a few thousand images. `DIR/.metadata-state` lets the next compaction append
 instead. It records:
 
 - how far into the metadata log the file goes (a byte offset), with the log's
-  inode and a crc32 of the 64 bytes before that offset, so a log rebuilt or
-  replaced since is noticed;
+  inode and crc32s of its first bytes and of those before that offset (the
+  resume snapshot's check of its ledger), so a log rebuilt or replaced since
+  is noticed;
 - the file itself as it was written: inode, size, mtime and the crc32 of all
   of it (checked as the append copies it), so a file edited, replaced or
   rewritten by anything else is noticed;
@@ -26,31 +27,30 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import msgspec
 
+from batch_runner.store.final_records import byte_checks, is_checkpointed
 from batch_runner.store.rundir import atomic_write
 
 log = logging.getLogger("batch_runner.outputs.metadata_state")
 
 FORMAT = "zimage-metadata-state"
-VERSION = 1
-#: how many bytes before an offset a check covers
-WINDOW = 64
+#: 2: the log is checked by `byte_checks` (head and tail), not a tail alone
+VERSION = 2
 
 
 class Place(msgspec.Struct, frozen=True):
-    """A point in a file that only grows: its inode, an offset in it, and a
-    crc32 of the `n` bytes before that offset."""
+    """A point in a file that only grows, checked as the snapshot checks its
+    ledger (`store.final_records.byte_checks`): its inode, an offset in it,
+    and crc32s of its first bytes and of the bytes just before that offset."""
 
     dev: int
     ino: int
     end: int
-    crc: int
-    n: int
+    head_crc: int
+    tail_crc: int
 
 
 class Written(msgspec.Struct, frozen=True):
@@ -81,20 +81,12 @@ class State(msgspec.Struct, frozen=True):
 _DECODER = msgspec.json.Decoder(State)
 
 
-def _tail_crc(fh: BinaryIO, end: int) -> tuple[int, int]:
-    """crc32 and length of the (up to) WINDOW bytes before `end`."""
-    start = max(0, end - WINDOW)
-    fh.seek(start)
-    data = fh.read(end - start)
-    return zlib.crc32(data), len(data)
-
-
 def place(path: Path, end: int) -> Place:
     """The log at offset `end`. Raises OSError."""
     with path.open("rb") as fh:
         st = os.fstat(fh.fileno())
-        crc, n = _tail_crc(fh, end)
-    return Place(st.st_dev, st.st_ino, end, crc, n)
+        head_crc, tail_crc = byte_checks(fh, end)
+    return Place(st.st_dev, st.st_ino, end, head_crc, tail_crc)
 
 
 def _stat(path: Path) -> tuple[int, int, int, int]:
@@ -110,13 +102,9 @@ def holds(state: State, log_path: Path, metadata: Path) -> bool:
     try:
         if _stat(metadata) != (m.dev, m.ino, m.size, m.mtime_ns):
             return False
+        at = state.log
         with log_path.open("rb") as fh:
-            st = os.fstat(fh.fileno())
-            if (st.st_dev, st.st_ino) != (state.log.dev, state.log.ino):
-                return False
-            if st.st_size < state.log.end:
-                return False
-            return _tail_crc(fh, state.log.end) == (state.log.crc, state.log.n)
+            return is_checkpointed(fh, at.end, at.dev, at.ino, at.head_crc, at.tail_crc)
     except OSError:
         return False
 
